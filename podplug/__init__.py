@@ -1,0 +1,1 @@
+"""podplug: plan, plug and prove every device of a VM-isolated container."""

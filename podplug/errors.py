@@ -1,0 +1,235 @@
+"""The whole podplug exception tree, drawn once.
+
+Every error podplug raises on purpose derives from :class:`PodplugError`, carries the facts
+that explain it as attributes, reads as one line through ``str()``, and belongs to a family
+with its own CLI exit code (``exit_code``)::
+
+    PodplugError
+     ├── InputError                 exit 2   the user's files are wrong
+     │    ├── ConfigError           Kata configuration.toml (file, key, value, allowed)
+     │    ├── SpecError             OCI runtime spec config.json (file, field)
+     │    └── CdiError              CDI spec or CDI reference (file, device)
+     ├── HostError                  exit 3   sysfs could not be read or is inconsistent
+     ├── PlanError                  exit 4   the request cannot be laid out
+     │    ├── TopologyExhausted     a budget (bus numbers, root-bus slots, ...) is exceeded
+     │    └── UnsupportedPlatform   a hypervisor / machine type podplug does not plan
+     ├── GuestImageError            exit 5   the guest kernel/initramfs could not be built
+     ├── VmError                    exit 6   QEMU, QMP or the guest agent failed
+     │    ├── QemuLaunchError       QEMU exited or never offered QMP
+     │    ├── QmpCommandError       a QMP command returned an error
+     │    ├── StateError            an operation was asked in the wrong lifecycle state
+     │    ├── HotplugTimeout        the guest or QEMU did not confirm in time
+     │    ├── PlacementMismatch     QEMU put a device somewhere other than planned
+     │    └── AgentError            the guest agent replied with an error or not at all
+     └── (exit 7 is not an exception: ``podplug run`` found a device not usable)
+
+Bugs are not domain errors: broken invariants are ``assert`` and API misuse is
+``TypeError``/``ValueError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class PodplugError(Exception):
+    """Root of every error podplug raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(PodplugError):
+    """An input file (configuration, spec, CDI) is wrong."""
+
+    exit_code = 2
+
+
+def _allowed(allowed: Sequence[str]) -> str:
+    return ", ".join(f'"{a}"' for a in allowed)
+
+
+class ConfigError(InputError):
+    """A Kata ``configuration.toml`` key (or its annotation override) is wrong.
+
+    :ivar path: the file, when known (the pure parser leaves it ``None``; the loader adds it)
+    :ivar key: the TOML key, as ``section.key`` or an annotation name
+    :ivar value: the offending value, rendered
+    :ivar allowed: what would have been accepted
+    """
+
+    def __init__(
+        self,
+        key: str,
+        problem: str,
+        *,
+        value: object = None,
+        allowed: Sequence[str] = (),
+        path: str | None = None,
+    ) -> None:
+        self.key = key
+        self.problem = problem
+        self.value = value
+        self.allowed = tuple(allowed)
+        self.path = path
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        shown = f" = {self.value!r}" if self.value is not None else ""
+        tail = f" (allowed: {_allowed(self.allowed)})" if self.allowed else ""
+        return f"{where}{self.key}{shown}: {self.problem}{tail}"
+
+    def with_path(self, path: str) -> ConfigError:
+        """The same error, naming the file it came from."""
+        return ConfigError(
+            self.key, self.problem, value=self.value, allowed=self.allowed, path=path
+        )
+
+
+class SpecError(InputError):
+    """The OCI runtime spec is malformed (``field`` names the JSON path)."""
+
+    def __init__(self, field: str, problem: str, *, path: str | None = None) -> None:
+        self.field = field
+        self.problem = problem
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}{field}: {problem}")
+
+    def with_path(self, path: str) -> SpecError:
+        return SpecError(self.field, self.problem, path=path)
+
+
+class CdiError(InputError):
+    """A CDI spec file failed validation, or a CDI device reference does not resolve."""
+
+    def __init__(self, subject: str, problem: str, *, path: str | None = None) -> None:
+        self.subject = subject
+        self.problem = problem
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}{subject}: {problem}")
+
+
+class HostError(PodplugError):
+    """The host's sysfs could not be read, or contradicts itself."""
+
+    exit_code = 3
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class PlanError(PodplugError):
+    """The requested devices cannot be laid out under this configuration."""
+
+    exit_code = 4
+
+
+class TopologyExhausted(PlanError):
+    """A topology budget is exceeded; names the budget, what was needed and what exists."""
+
+    def __init__(self, budget: str, needed: int, available: int, hint: str = "") -> None:
+        self.budget = budget
+        self.needed = needed
+        self.available = available
+        self.hint = hint
+        extra = f"; {hint}" if hint else ""
+        super().__init__(f"{budget}: needs {needed}, only {available} available{extra}")
+
+
+class UnsupportedPlatform(PlanError):
+    """podplug lays out PCIe topologies for QEMU q35 only; names what was asked."""
+
+    def __init__(self, what: str, value: str, allowed: Sequence[str]) -> None:
+        self.what = what
+        self.value = value
+        self.allowed = tuple(allowed)
+        super().__init__(
+            f"{what} = {value!r}: podplug plans only {_allowed(allowed)}"
+        )
+
+
+class GuestImageError(PodplugError):
+    """The guest kernel or initramfs could not be obtained or assembled."""
+
+    exit_code = 5
+
+
+class VmError(PodplugError):
+    """Something went wrong with the running VM, QMP or the guest agent."""
+
+    exit_code = 6
+
+
+class QemuLaunchError(VmError):
+    """QEMU exited early or never offered its QMP socket."""
+
+    def __init__(self, problem: str, *, exitcode: int | None, argv: Sequence[str], output: str):
+        self.problem = problem
+        self.exitcode = exitcode
+        self.argv = tuple(argv)
+        self.output = output
+        last = output.strip().splitlines()[-1] if output.strip() else "no output"
+        super().__init__(f"QEMU: {problem} (exit code {exitcode}): {last}")
+
+
+class QmpCommandError(VmError):
+    """A QMP command failed; keeps what was sent and what came back."""
+
+    def __init__(self, command: str, arguments: object, error_class: str, desc: str) -> None:
+        self.command = command
+        self.arguments = arguments
+        self.error_class = error_class
+        self.desc = desc
+        super().__init__(f"QMP {command} failed: {error_class}: {desc}")
+
+
+class StateError(VmError):
+    """An operation needs the VM in another lifecycle state."""
+
+    def __init__(self, operation: str, state: str, required: Sequence[str]) -> None:
+        self.operation = operation
+        self.state = state
+        self.required = tuple(required)
+        super().__init__(
+            f"cannot {operation} while the VM is {state} (needs {' or '.join(required)})"
+        )
+
+
+class HotplugTimeout(VmError):
+    """A bounded wait ran out; names the device and what was expected."""
+
+    def __init__(self, device: str, expected: str, waited_s: float) -> None:
+        self.device = device
+        self.expected = expected
+        self.waited_s = waited_s
+        super().__init__(f"{device}: {expected} not seen within {waited_s:.1f} s")
+
+
+class PlacementMismatch(VmError):
+    """QEMU placed a device at another guest PCI path than the plan predicted."""
+
+    def __init__(self, device: str, planned: str, actual: str) -> None:
+        self.device = device
+        self.planned = planned
+        self.actual = actual
+        super().__init__(f"{device}: planned at guest PCI path {planned}, QEMU put it at {actual}")
+
+
+class AgentError(VmError):
+    """The guest agent answered with an error, or the channel broke."""
+
+    def __init__(self, verb: str, problem: str) -> None:
+        self.verb = verb
+        self.problem = problem
+        super().__init__(f"guest agent {verb}: {problem}")

@@ -1,0 +1,1 @@
+"""Value types shared by every layer: PCI addresses, enums, host facts, container requests."""

@@ -1,0 +1,88 @@
+"""Closed sets of the domain. Strings appear only at the edges (``.value``)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class VfioMode(Enum):
+    """Kata ``[runtime] vfio_mode``: how a VFIO device is presented to the container.
+
+    ``vfio``: the guest binds the device to vfio-pci and the container gets
+    ``/dev/vfio/<guest group>`` (agent type ``vfio-pci``). ``guest-kernel``: the guest's own
+    driver keeps the device, ``/dev/vfio/*`` nodes are stripped from the spec
+    (agent type ``vfio-pci-gk``). It never decides which devices exist.
+    """
+
+    VFIO = "vfio"
+    GUEST_KERNEL = "guest-kernel"
+
+
+class PortKind(Enum):
+    """Kata's ``config.PCIePort``: where a VFIO device is plugged (``cold_plug_vfio`` /
+    ``hot_plug_vfio``)."""
+
+    NO_PORT = "no-port"
+    ROOT_PORT = "root-port"
+    SWITCH_PORT = "switch-port"
+    BRIDGE_PORT = "bridge-port"
+
+
+class BlockDriver(Enum):
+    """Kata ``block_device_driver``: how block volumes reach the guest."""
+
+    VIRTIO_BLK = "virtio-blk"
+    VIRTIO_SCSI = "virtio-scsi"
+
+
+class Hypervisor(Enum):
+    """Which ``[hypervisor.<name>]`` table the configuration holds."""
+
+    QEMU = "qemu"
+    CLOUD_HYPERVISOR = "clh"
+    FIRECRACKER = "firecracker"
+    DRAGONBALL = "dragonball"
+    STRATOVIRT = "stratovirt"
+    REMOTE = "remote"
+
+
+class NodeType(Enum):
+    """OCI ``linux.devices[].type``."""
+
+    CHAR = "c"
+    UNBUFFERED_CHAR = "u"
+    BLOCK = "b"
+    FIFO = "p"
+
+
+class ContainerType(Enum):
+    """Whether the container is the pod's sandbox (pause) container (CRI annotations)."""
+
+    SANDBOX = "sandbox"
+    CONTAINER = "container"
+
+
+class Bucket(Enum):
+    """Where one container device ends up. Every device lands in exactly one."""
+
+    COLD_VFIO = "cold-vfio"
+    HOT_VFIO = "hot-vfio"
+    HOT_BLOCK = "hot-block"
+    NODE = "node"
+    REJECTED = "rejected"
+
+
+class AgentDeviceType(Enum):
+    """kata-agent ``Device.type`` values podplug emits (``kata-types/src/device.rs``)."""
+
+    BLK = "blk"
+    SCSI = "scsi"
+    VFIO_PCI = "vfio-pci"
+    VFIO_PCI_GK = "vfio-pci-gk"
+
+
+class VfioKind(Enum):
+    """The two host forms of a VFIO device node."""
+
+    GROUP = "group"  # legacy /dev/vfio/<group>: the whole IOMMU group
+    IOMMUFD = "iommufd"  # /dev/vfio/devices/vfioN: exactly one function
