@@ -1,0 +1,248 @@
+"""Kata Containers ``configuration.toml``: the keys that decide where devices go.
+
+Pure: a parsed TOML mapping in, a :class:`RuntimeConfig` out. :func:`load_kata_config` is the
+thin file loader that adds the path to errors.
+
+Keys read (``src/runtime/pkg/katautils/config.go``; research ``kata-devices.md`` §2):
+
+* ``[runtime] vfio_mode``: ``vfio`` | ``guest-kernel`` (default ``guest-kernel``).
+* ``[hypervisor.<name>]``: ``cold_plug_vfio`` and ``hot_plug_vfio`` (``no-port`` |
+  ``root-port`` | ``switch-port`` | ``bridge-port``, default ``no-port``; empty string is the
+  default), ``pcie_root_port`` and ``pcie_switch_port`` (counts, at most 16 each:
+  ``maxPCIeRootPort`` / ``maxPCIeSwitchPort``), ``machine_type``, ``block_device_driver``,
+  ``default_bridges`` (at most 5, Kata's ``maxPCIBridges``) and ``enable_annotations``.
+
+Validation follows Kata's ``checkPCIeConfig`` (§2.4), with its defects fixed: when both
+``cold_plug_vfio`` and ``hot_plug_vfio`` are set the message names each with its own value
+(Kata swapped the labels); port strings are checked for every machine type (Kata skipped
+them off q35/virt); Cloud Hypervisor accepts only ``no-port``/``root-port``; a count above
+its limit is an error naming the key and the limit (Kata clamped it silently).
+
+Annotation overrides (``src/runtime/pkg/oci/utils.go``) use the prefix
+``io.katacontainers.config.hypervisor.``. An override is honoured only when its suffix
+matches one of the hypervisor's ``enable_annotations`` regular expressions (Kata's
+``checkAnnotationNameIsValid``), otherwise the request is refused. Setting
+``hot_plug_vfio`` forces ``cold_plug_vfio = no-port`` and the reverse; when both are given,
+cold wins because Kata processes it last. Port counts apply only when greater than zero.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeVar
+
+from podplug.errors import ConfigError
+from podplug.model.enums import BlockDriver, Hypervisor, PortKind, VfioMode
+
+MAX_PCIE_ROOT_PORTS = 16  # Kata maxPCIeRootPort ("Limitation from QEMU": IO space)
+MAX_PCIE_SWITCH_PORTS = 16  # Kata maxPCIeSwitchPort
+MAX_BRIDGES = 5  # Kata maxPCIBridges (virtcontainers/hypervisor.go)
+
+ANNOTATION_PREFIX = "io.katacontainers.config.hypervisor."
+_CLH_PORTS = (PortKind.NO_PORT, PortKind.ROOT_PORT)
+
+
+@dataclass(frozen=True)
+class HypervisorConfig:
+    """The device-relevant part of one ``[hypervisor.<name>]`` table."""
+
+    kind: Hypervisor
+    machine_type: str
+    cold_plug_vfio: PortKind = PortKind.NO_PORT
+    hot_plug_vfio: PortKind = PortKind.NO_PORT
+    pcie_root_port: int = 0
+    pcie_switch_port: int = 0
+    block_device_driver: BlockDriver = BlockDriver.VIRTIO_SCSI
+    default_bridges: int = 1
+    enable_annotations: tuple[str, ...] = ()
+
+    @property
+    def section(self) -> str:
+        return f"hypervisor.{self.kind.value}"
+
+    @property
+    def vfio_port(self) -> PortKind:
+        """The one port kind VFIO devices use (cold or hot; validation allows one)."""
+        if self.cold_plug_vfio is not PortKind.NO_PORT:
+            return self.cold_plug_vfio
+        return self.hot_plug_vfio
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """What podplug needs from a Kata configuration."""
+
+    vfio_mode: VfioMode
+    hypervisor: HypervisorConfig
+
+
+_E = TypeVar("_E", PortKind, VfioMode, BlockDriver)
+
+
+def _enum_value(enum: type[_E], key: str, raw: object, default: _E, problem: str) -> _E:
+    if raw is None or raw == "":
+        return default
+    allowed = [member.value for member in enum]
+    if not isinstance(raw, str) or raw not in allowed:
+        raise ConfigError(key, problem, value=raw, allowed=allowed)
+    return enum(raw)
+
+
+def _count(key: str, raw: object, limit: int) -> int:
+    if raw is None:
+        return 0
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise ConfigError(key, "must be a non-negative integer", value=raw)
+    if raw > limit:
+        raise ConfigError(key, f"exceeds the limit of {limit}", value=raw)
+    return raw
+
+
+def _hypervisor_table(doc: Mapping[str, object]) -> tuple[Hypervisor, Mapping[str, object]]:
+    tables = doc.get("hypervisor")
+    if not isinstance(tables, Mapping) or not tables:
+        raise ConfigError("hypervisor", "no [hypervisor.<name>] table found",
+                          allowed=[h.value for h in Hypervisor])
+    if len(tables) != 1:
+        raise ConfigError("hypervisor", "exactly one [hypervisor.<name>] table is allowed",
+                          value=", ".join(sorted(tables)))
+    ((name, table),) = tables.items()
+    allowed = [h.value for h in Hypervisor]
+    if name not in allowed:
+        raise ConfigError(f"hypervisor.{name}", "unknown hypervisor", allowed=allowed)
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"hypervisor.{name}", "must be a table")
+    return Hypervisor(name), table
+
+
+def parse_kata_config(doc: Mapping[str, object]) -> RuntimeConfig:
+    """Extract and validate the device keys of a parsed Kata ``configuration.toml``.
+
+    :raises ConfigError: naming the key, its value and what is allowed.
+    """
+    kind, table = _hypervisor_table(doc)
+    section = f"hypervisor.{kind.value}"
+    runtime = doc.get("runtime", {})
+    if not isinstance(runtime, Mapping):
+        raise ConfigError("runtime", "must be a table")
+    vfio_mode = _enum_value(VfioMode, "runtime.vfio_mode", runtime.get("vfio_mode"),
+                            VfioMode.GUEST_KERNEL, "unknown VFIO mode")
+    port_problem = "unknown PCIe port"
+    annotations = table.get("enable_annotations", [])
+    if not isinstance(annotations, list) or not all(isinstance(a, str) for a in annotations):
+        raise ConfigError(f"{section}.enable_annotations", "must be a list of strings")
+    bridges = table.get("default_bridges", 1)
+    hv = HypervisorConfig(
+        kind=kind,
+        machine_type=str(table.get("machine_type", "q35" if kind is Hypervisor.QEMU else "")),
+        cold_plug_vfio=_enum_value(PortKind, f"{section}.cold_plug_vfio",
+                                   table.get("cold_plug_vfio"), PortKind.NO_PORT, port_problem),
+        hot_plug_vfio=_enum_value(PortKind, f"{section}.hot_plug_vfio",
+                                  table.get("hot_plug_vfio"), PortKind.NO_PORT, port_problem),
+        pcie_root_port=_count(f"{section}.pcie_root_port", table.get("pcie_root_port"),
+                              MAX_PCIE_ROOT_PORTS),
+        pcie_switch_port=_count(f"{section}.pcie_switch_port", table.get("pcie_switch_port"),
+                                MAX_PCIE_SWITCH_PORTS),
+        block_device_driver=_enum_value(
+            BlockDriver, f"{section}.block_device_driver", table.get("block_device_driver"),
+            BlockDriver.VIRTIO_SCSI, "unsupported block device driver"),
+        default_bridges=_count(f"{section}.default_bridges", bridges, MAX_BRIDGES),
+        enable_annotations=tuple(annotations),
+    )
+    validate_ports(hv)
+    return RuntimeConfig(vfio_mode=vfio_mode, hypervisor=hv)
+
+
+def validate_ports(hv: HypervisorConfig, *, prefix: str = "") -> None:
+    """Kata's ``checkPCIeConfig``, done right (module docstring).
+
+    :param prefix: how to name the keys in errors (the section, or the annotation prefix).
+    :raises ConfigError: when both keys are set, or the hypervisor does not take the port.
+    """
+    prefix = prefix or f"{hv.section}."
+    cold_key, hot_key = prefix + "cold_plug_vfio", prefix + "hot_plug_vfio"
+    cold, hot = hv.cold_plug_vfio, hv.hot_plug_vfio
+    if cold is not PortKind.NO_PORT and hot is not PortKind.NO_PORT:
+        raise ConfigError(
+            f"{cold_key} and {hot_key}",
+            f'both set (cold_plug_vfio = "{cold.value}", hot_plug_vfio = "{hot.value}"); '
+            'only one of them may be other than "no-port"',
+        )
+    if hv.kind is Hypervisor.CLOUD_HYPERVISOR:
+        for key, port in ((cold_key, cold), (hot_key, hot)):
+            if port not in _CLH_PORTS:
+                raise ConfigError(key, "Cloud Hypervisor has a flat root bus",
+                                  value=port.value, allowed=[p.value for p in _CLH_PORTS])
+
+
+def _annotation_enabled(patterns: tuple[str, ...], suffix: str) -> bool:
+    return any(re.fullmatch(p, suffix) for p in patterns)
+
+
+def apply_annotations(config: RuntimeConfig, annotations: Mapping[str, str]) -> RuntimeConfig:
+    """Apply ``io.katacontainers.config.hypervisor.*`` overrides with Kata's precedence.
+
+    :raises ConfigError: naming the annotation when it is not enabled or its value is invalid.
+    """
+    hv = config.hypervisor
+    known = ("hot_plug_vfio", "cold_plug_vfio", "pcie_root_port", "pcie_switch_port")
+    given = {s: annotations[ANNOTATION_PREFIX + s] for s in known
+             if ANNOTATION_PREFIX + s in annotations}
+    for suffix in given:
+        if not _annotation_enabled(hv.enable_annotations, suffix):
+            raise ConfigError(
+                ANNOTATION_PREFIX + suffix,
+                f'annotation is not enabled: add "{suffix}" to [{hv.section}] enable_annotations',
+            )
+    # Kata order: hot_plug_vfio, then cold_plug_vfio (so cold wins), then the counts.
+    if "hot_plug_vfio" in given:
+        port = _enum_value(PortKind, ANNOTATION_PREFIX + "hot_plug_vfio", given["hot_plug_vfio"],
+                           PortKind.NO_PORT, "invalid PCIe port in annotation")
+        hv = replace(hv, hot_plug_vfio=port, cold_plug_vfio=PortKind.NO_PORT)
+    if "cold_plug_vfio" in given:
+        port = _enum_value(PortKind, ANNOTATION_PREFIX + "cold_plug_vfio",
+                           given["cold_plug_vfio"], PortKind.NO_PORT,
+                           "invalid PCIe port in annotation")
+        hv = replace(hv, cold_plug_vfio=port, hot_plug_vfio=PortKind.NO_PORT)
+    counts = {suffix: _annotation_count(suffix, given[suffix], limit)
+              for suffix, limit in (("pcie_root_port", MAX_PCIE_ROOT_PORTS),
+                                    ("pcie_switch_port", MAX_PCIE_SWITCH_PORTS))
+              if suffix in given}
+    if counts.get("pcie_root_port", 0) > 0:
+        hv = replace(hv, pcie_root_port=counts["pcie_root_port"])
+    if counts.get("pcie_switch_port", 0) > 0:
+        hv = replace(hv, pcie_switch_port=counts["pcie_switch_port"])
+    validate_ports(hv, prefix=ANNOTATION_PREFIX if given else "")
+    return replace(config, hypervisor=hv)
+
+
+def _annotation_count(suffix: str, raw: str, limit: int) -> int:
+    key = ANNOTATION_PREFIX + suffix
+    try:
+        count = int(raw)
+    except ValueError as exc:
+        raise ConfigError(key, "must be an integer", value=raw) from exc
+    return _count(key, count, limit) if count > 0 else 0
+
+
+def load_kata_config(path: str | Path) -> RuntimeConfig:
+    """Read and parse a Kata ``configuration.toml``; errors name the file.
+
+    :raises ConfigError: for unreadable or invalid files and invalid keys.
+    """
+    text_path = str(path)
+    try:
+        with open(path, "rb") as handle:
+            doc = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot read: {exc.strerror}", path=text_path) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(toml)", f"not valid TOML: {exc}", path=text_path) from exc
+    try:
+        return parse_kata_config(doc)
+    except ConfigError as exc:
+        raise exc.with_path(text_path) from exc

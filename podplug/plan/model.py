@@ -1,0 +1,155 @@
+"""The plan: one value that says where every device goes and how it is presented.
+
+Produced only by :func:`podplug.plan.plan.plan`; read by the renderers (argv, QMP, tree,
+JSON, dot) and by the shell that carries it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from podplug.inputs.kata import RuntimeConfig
+from podplug.model.enums import AgentDeviceType, Bucket, ContainerType
+from podplug.model.pci import Bdf, GuestPciPath
+from podplug.model.request import ContainerDevice
+from podplug.plan.topology import Topology
+
+PropValue = str | int | bool
+
+
+@dataclass(frozen=True)
+class QemuDevice:
+    """ONE property map per device: rendered both as ``-device driver,k=v`` and as the
+    arguments of QMP ``device_add`` (rule: one source for cold and hot plug)."""
+
+    driver: str
+    props: tuple[tuple[str, PropValue], ...]  # ordered; includes id, bus, addr
+
+    @property
+    def id(self) -> str:
+        return str(dict(self.props)["id"])
+
+    @property
+    def bus(self) -> str:
+        return str(dict(self.props).get("bus", ""))
+
+
+@dataclass(frozen=True)
+class BlockdevNode:
+    """A QMP ``blockdev-add`` node (``-blockdev`` on the command line)."""
+
+    node_name: str
+    driver: str  # format driver, "raw"
+    file_driver: str  # "host_device" for block devices, "file" for regular files
+    filename: str
+
+    def arguments(self) -> dict[str, object]:
+        return {
+            "driver": self.driver,
+            "node-name": self.node_name,
+            "file": {"driver": self.file_driver, "filename": self.filename},
+        }
+
+
+@dataclass(frozen=True)
+class AgentDevice:
+    """A kata-agent ``Device`` entry (``agent.proto``: id, type, vm_path, container_path,
+    options), as the runtime would send it in ``CreateContainerRequest.devices``."""
+
+    id: str
+    type: AgentDeviceType
+    vm_path: str
+    container_path: str
+    options: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "type": self.type.value,
+            "vm_path": self.vm_path,
+            "container_path": self.container_path,
+            "options": list(self.options),
+        }
+
+
+@dataclass(frozen=True)
+class PlannedFunction:
+    """One host function of a VFIO device and the QEMU device that carries it."""
+
+    host: Bdf
+    guest_function: int
+    qemu: QemuDevice
+    vendor: int
+    device: int
+    class_code: int
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where one requested container device goes."""
+
+    request: ContainerDevice
+    bucket: Bucket
+    reason: str
+    in_spec: bool = True
+    guest_paths: tuple[GuestPciPath, ...] = ()  # one per plug unit (VFIO) or the block device
+    functions: tuple[PlannedFunction, ...] = ()  # VFIO
+    blockdev: BlockdevNode | None = None  # block
+    qemu: QemuDevice | None = None  # block: virtio-blk-pci or scsi-hd
+    scsi_address: str | None = None  # "scsi-id:lun"
+    agent: AgentDevice | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def qemu_devices(self) -> tuple[QemuDevice, ...]:
+        """Every QEMU device of this request, in plug order."""
+        if self.functions:
+            return tuple(f.qemu for f in self.functions)
+        return (self.qemu,) if self.qemu is not None else ()
+
+    @property
+    def plug_order(self) -> tuple[QemuDevice, ...]:
+        """Hot-plug order: functions 1-7 of a slot before function 0, which makes QEMU
+        announce the slot to the guest (``docs/pcie.txt``; anchors §1.5)."""
+        return tuple(sorted(self.qemu_devices, key=lambda q: _function_of(q) == 0))
+
+
+def _function_of(device: QemuDevice) -> int:
+    addr = str(dict(device.props).get("addr", "0x0"))
+    return int(addr.split(".")[1]) if "." in addr else 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole plan for one container in one sandbox VM."""
+
+    config: RuntimeConfig
+    container_type: ContainerType
+    topology: Topology
+    devices: tuple[DevicePlan, ...]  # one per request, in request order
+    guest_iommu: bool  # vfio mode with VFIO devices: the guest needs a virtual IOMMU
+    iommufd_objects: tuple[str, ...] = ()
+
+    def in_bucket(self, bucket: Bucket) -> tuple[DevicePlan, ...]:
+        return tuple(d for d in self.devices if d.bucket is bucket)
+
+    @property
+    def container_devices(self) -> tuple[DevicePlan, ...]:
+        """The container's device list: the union of all buckets but the rejected one.
+
+        In ``vfio`` mode the VFIO control node comes first, then the VFIO devices (Kata
+        ``sortContainerVFIODevices``), then the rest in request order.
+        """
+        kept = [d for d in self.devices if d.bucket is not Bucket.REJECTED]
+        control = [d for d in kept if d.request.path == "/dev/vfio/vfio"]
+        vfio = [d for d in kept if d.bucket in (Bucket.COLD_VFIO, Bucket.HOT_VFIO)]
+        rest = [d for d in kept if d not in control and d not in vfio]
+        return tuple(control + vfio + rest)
+
+    @property
+    def agent_devices(self) -> tuple[AgentDevice, ...]:
+        return tuple(d.agent for d in self.container_devices if d.agent is not None)
+
+    def counts(self) -> Mapping[Bucket, int]:
+        return {bucket: len(self.in_bucket(bucket)) for bucket in Bucket}

@@ -1,0 +1,196 @@
+"""``plan(config, request, inventory) -> Plan``: the one way placement is computed.
+
+Pure: no files, sockets, processes, clock, environment or logging. Steps:
+
+1. :mod:`.route` puts each device in one bucket (cold VFIO, hot VFIO, hot block, node,
+   rejected with a reason);
+2. :mod:`.units` splits each VFIO device into plug units (one per host slot);
+3. :mod:`.topology` sizes and lays out the boot topology from the units, the block volumes
+   and the configured counts, checking every budget;
+4. the units and volumes are given targets in order, and :mod:`.presentation` turns each into
+   its QEMU property map and kata-agent entry.
+
+Placement of block volumes (``block_device_driver``): ``virtio-blk`` goes on a ``pci-bridge``
+slot when ``default_bridges`` > 0 (Kata's choice), else on a root port of its own;
+``virtio-scsi`` becomes a LUN on the ``scsi0`` controller made at boot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from podplug.errors import UnsupportedPlatform
+from podplug.inputs.kata import RuntimeConfig
+from podplug.model.enums import (
+    AgentDeviceType,
+    BlockDriver,
+    Bucket,
+    Hypervisor,
+    PortKind,
+    VfioKind,
+    VfioMode,
+)
+from podplug.model.host import HostInventory
+from podplug.model.pci import GuestPciPath
+from podplug.model.request import ContainerRequest
+from podplug.plan.model import AgentDevice, BlockdevNode, DevicePlan, Plan, PlannedFunction
+from podplug.plan.presentation import (
+    disk_name,
+    scsi_address,
+    scsi_hd_device,
+    vfio_agent_device,
+    vfio_functions,
+    virtio_blk_device,
+)
+from podplug.plan.route import Routed, route
+from podplug.plan.topology import Demand, PortHint, Target, build_topology
+from podplug.plan.units import PlugUnit, plug_units
+
+PLANNED_MACHINES = ("q35",)
+
+
+def _hint(unit: PlugUnit) -> PortHint:
+    bars = [bar for f in unit.functions for bar in f.bars if not bar.is_io]
+    return PortHint(
+        mem=sum(b.size for b in bars if not b.prefetchable),
+        pref64=sum(b.size for b in bars if b.prefetchable),
+    )
+
+
+def _check_platform(config: RuntimeConfig) -> None:
+    hv = config.hypervisor
+    if hv.kind is not Hypervisor.QEMU:
+        raise UnsupportedPlatform("hypervisor", hv.kind.value, ["qemu"])
+    if hv.machine_type not in PLANNED_MACHINES:
+        raise UnsupportedPlatform(f"[{hv.section}] machine_type", hv.machine_type,
+                                  PLANNED_MACHINES)
+
+
+def plan(config: RuntimeConfig, request: ContainerRequest, inventory: HostInventory) -> Plan:
+    """Plan where every device of ``request`` goes.
+
+    :raises UnsupportedPlatform: for hypervisors or machine types other than QEMU q35.
+    :raises TopologyExhausted: when a topology budget is exceeded.
+    """
+    _check_platform(config)
+    hv = config.hypervisor
+    routed = route(request, inventory, vfio_mode=config.vfio_mode,
+                   cold=hv.cold_plug_vfio, hot=hv.hot_plug_vfio)
+    port = hv.vfio_port
+    units: dict[int, tuple[PlugUnit, ...]] = {}
+    on_ports: list[tuple[int, PlugUnit]] = []
+    on_bridges: list[tuple[int, PlugUnit]] = []
+    for index, item in enumerate(routed):
+        if item.bucket in (Bucket.COLD_VFIO, Bucket.HOT_VFIO) and item.vfio is not None:
+            units[index] = plug_units(item.vfio.functions)
+            for unit in units[index]:
+                wants_port = unit.is_pcie and port is not PortKind.BRIDGE_PORT
+                (on_ports if wants_port else on_bridges).append((index, unit))
+    blocks = [i for i, r in enumerate(routed) if r.bucket is Bucket.HOT_BLOCK]
+    virtio_blk = hv.block_device_driver is BlockDriver.VIRTIO_BLK
+    blk_on_bridges = virtio_blk and hv.default_bridges > 0
+    hot = hv.hot_plug_vfio is not PortKind.NO_PORT
+    demand = Demand(
+        vfio_port_units=len(on_ports),
+        vfio_on_switch=port is PortKind.SWITCH_PORT,
+        bridge_units=len(on_bridges),
+        block_on_bridges=len(blocks) if blk_on_bridges else 0,
+        block_on_ports=len(blocks) if virtio_blk and not blk_on_bridges else 0,
+        root_ports=hv.pcie_root_port,
+        switch_ports=hv.pcie_switch_port,
+        bridges=hv.default_bridges,
+        scsi_controller=not virtio_blk,
+        vfio_hints=tuple(_hint(u) for _, u in on_ports) if hot else (),
+    )
+    topology = build_topology(demand)
+
+    port_targets = iter(topology.vfio_targets)
+    bridge_targets = iter(topology.bridge_targets)
+    unit_targets: dict[tuple[int, int], Target] = {}
+    for index, unit in on_ports:
+        unit_targets[(index, id(unit))] = next(port_targets)
+    for index, unit in on_bridges:
+        unit_targets[(index, id(unit))] = next(bridge_targets)
+    block_targets = iter(bridge_targets if blk_on_bridges else topology.block_port_targets)
+
+    iommufd_objects: list[str] = []
+    planned: list[DevicePlan] = []
+    block_index = 0
+    for index, item in enumerate(routed):
+        if index in units:
+            planned.append(_vfio_plan(item, units[index], index, unit_targets, config,
+                                      request.is_sandbox, iommufd_objects))
+        elif item.bucket is Bucket.HOT_BLOCK:
+            planned.append(_block_plan(item, block_index, virtio_blk, block_targets))
+            block_index += 1
+        else:
+            planned.append(DevicePlan(item.device, item.bucket, item.reason, item.in_spec))
+    has_vfio = any(d.functions for d in planned)
+    return Plan(
+        config=config,
+        container_type=request.container_type,
+        topology=topology,
+        devices=tuple(planned),
+        guest_iommu=has_vfio and config.vfio_mode is VfioMode.VFIO,
+        iommufd_objects=tuple(iommufd_objects),
+    )
+
+
+def _vfio_plan(
+    item: Routed, units: tuple[PlugUnit, ...], index: int,
+    targets: dict[tuple[int, int], Target], config: RuntimeConfig, sandbox: bool,
+    iommufd_objects: list[str],
+) -> DevicePlan:
+    assert item.vfio is not None
+    source = item.vfio
+    iommufd = None
+    if source.kind is VfioKind.IOMMUFD:
+        iommufd = f"iommufd{len(iommufd_objects)}"
+        iommufd_objects.append(iommufd)
+    functions: list[PlannedFunction] = []
+    paths: list[GuestPciPath] = []
+    per_function_path: dict[int, GuestPciPath] = {}
+    notes: list[str] = []
+    for unit in units:
+        target = targets[(index, id(unit))]
+        for planned in vfio_functions(unit, target, source, iommufd):
+            per_function_path[len(functions)] = target.path
+            functions.append(planned)
+        paths.append(target.path)
+        if unit.is_pcie and target.bus.startswith("pci-bridge"):
+            notes.append(f"{unit.functions[0].bdf}: PCIe function behind a PCI bridge loses "
+                         "its extended config space (docs/pcie.txt)")
+    if len(units) > 1 and config.vfio_mode is VfioMode.VFIO:
+        notes.append(f"host group spans {len(units)} slots: {len(units)} guest IOMMU groups "
+                     "(the Kata agent expects one per /dev/vfio entry)")
+    for bridge in source.skipped_bridges:
+        notes.append(f"{bridge}: PCI bridge in the group, not passed (class 0x0604)")
+    for function in (f for u in units for f in u.functions):
+        if function.driver != "vfio-pci":
+            notes.append(f"{function.bdf}: bound to {function.driver or 'no driver'}, "
+                         "not vfio-pci (QEMU will refuse a real assignment)")
+    agent = None if sandbox else vfio_agent_device(
+        source, tuple(functions), per_function_path, item.device.path, config.vfio_mode)
+    return DevicePlan(item.device, item.bucket, item.reason, item.in_spec, tuple(paths),
+                      tuple(functions), agent=agent, notes=tuple(notes))
+
+
+def _block_plan(
+    item: Routed, block_index: int, virtio_blk: bool, targets: Iterator[Target],
+) -> DevicePlan:
+    assert item.block is not None
+    node = BlockdevNode(f"drive-blk{block_index}", "raw", "host_device", item.block.dev_path)
+    if virtio_blk:
+        target = next(targets)
+        qemu = virtio_blk_device(block_index, node.node_name, target)
+        agent = AgentDevice(str(target.path), AgentDeviceType.BLK,
+                            "/dev/" + disk_name("vd", block_index), item.device.path)
+        return DevicePlan(item.device, item.bucket, item.reason, item.in_spec, (target.path,),
+                          blockdev=node, qemu=qemu, agent=agent)
+    scsi_id, lun = scsi_address(block_index)
+    address = f"{scsi_id}:{lun}"
+    agent = AgentDevice(address, AgentDeviceType.SCSI, "/dev/" + disk_name("sd", block_index),
+                        item.device.path)
+    return DevicePlan(item.device, item.bucket, item.reason, item.in_spec, (),
+                      blockdev=node, qemu=scsi_hd_device(block_index, node.node_name),
+                      scsi_address=address, agent=agent)

@@ -1,0 +1,288 @@
+"""Size and lay out the q35 PCIe topology made at boot.
+
+Rules (QEMU ``docs/pcie.txt``; research ``anchors.md`` §1):
+
+* §5: nothing is hot-plugged onto the root bus ``pcie.0``; every device podplug plugs goes
+  on a ``pcie-root-port``, a switch downstream port (``xio3130-downstream`` below an
+  ``x3130-upstream`` on a root port) or a ``pci-bridge`` slot, all made at boot.
+* The planner owns addressing: every controller gets an explicit root-bus ``addr``; slot
+  0x00 (host bridge) and 0x1f (ICH9 LPC/SATA/SMBus) are q35's, 0x01 is the agent channel.
+  Root-bus slots are laid out in a fixed order: agent channel, ``pci-bridge``s (Kata puts
+  them from 0x02), the ``virtio-scsi`` controller, root ports for VFIO (cold- or hot-plugged
+  ones first, then the configured spares: spare ports come after used ones, so guest
+  addresses never shift), switch root ports, then root ports for block volumes.
+* One root port per root-bus slot, function 0, no multifunction packing: Kata's guest PCI
+  path (``02/00``) has no function field, so ports packed as functions of one slot could not
+  be told apart by the agent. The cost is a 30-port ceiling on pcie.0; beyond it use
+  ``switch-port`` (up to 32 downstream ports per switch, switches added as needed).
+* Every root port, switch upstream port, downstream port and bridge takes a bus number;
+  buses 1-255 are the budget (one PCI domain on x86).
+* (chassis, slot) is unique across PCIe ports (QEMU refuses duplicates); ``pci-bridge``
+  ``chassis_nr`` values are unique too and drawn from the same counter.
+* Root ports get ``io-reserve=0``: podplug's PCIe devices need no IO window, and without it
+  each port costs 4 KiB of the 64 KiB IO space (the origin of Kata's 16-port cap). A port
+  waiting for a hot-plugged VFIO device gets ``mem-reserve`` / ``pref64-reserve`` sized from
+  that device's host BARs, since firmware cannot size a window for a device not yet there.
+  Bridges keep Kata's ``io-reserve=4k,mem-reserve=1m,pref64-reserve=1m`` and ``shpc=off``
+  (never SHPC: Kata #2174).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from podplug.errors import TopologyExhausted
+from podplug.model.pci import GuestPciPath
+
+ROOT_BUS = "pcie.0"
+HOST_BRIDGE_SLOT = 0x00
+LPC_SLOT = 0x1F
+AGENT_SLOT = 0x01
+FIRST_FREE_SLOT = 0x02
+ROOT_BUS_SLOTS = tuple(range(FIRST_FREE_SLOT, LPC_SLOT))  # 0x02..0x1e: 29 slots
+BUS_NUMBERS = 255  # buses 1..255 below pcie.0 (bus 0)
+DOWNSTREAM_PER_SWITCH = 32
+BRIDGE_SLOTS = tuple(range(1, 32))  # pci-bridge slots 1..31 (shpc=off)
+MAX_BRIDGES = 5
+
+
+class Role(Enum):
+    """What a controller is."""
+
+    ROOT_PORT = "pcie-root-port"
+    SWITCH_UPSTREAM = "x3130-upstream"
+    SWITCH_DOWNSTREAM = "xio3130-downstream"
+    PCI_BRIDGE = "pci-bridge"
+    SCSI_CONTROLLER = "virtio-scsi-pci"
+
+
+class Use(Enum):
+    """What a controller is for."""
+
+    VFIO = "vfio"  # a port for a planned VFIO unit (cold or hot)
+    SPARE = "spare"  # configured beyond what the devices need: free for later hot-plug
+    BLOCK = "block"  # a root port for one virtio-blk volume (no bridges configured)
+    SWITCH = "switch"  # the root port and upstream port carrying a switch
+    BRIDGE = "bridge"
+    SCSI = "scsi"
+
+
+@dataclass(frozen=True)
+class Controller:
+    """One controller of the boot topology, as planned."""
+
+    id: str
+    role: Role
+    use: Use
+    bus: str
+    addr: int  # slot on its parent bus
+    path: GuestPciPath  # the controller's own guest PCI path
+    chassis: int | None = None
+    slot: int | None = None  # physical slot number (PCIe slot capability)
+    reserves: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def takes_bus_number(self) -> bool:
+        return self.role is not Role.SCSI_CONTROLLER
+
+
+@dataclass(frozen=True)
+class Target:
+    """A place a device can go: a bus and a slot on it."""
+
+    bus: str
+    addr: int
+    path: GuestPciPath  # the guest PCI path a device there will have
+
+
+@dataclass(frozen=True)
+class PortHint:
+    """Window sizes a hot-plug port must reserve for the device planned on it."""
+
+    mem: int = 0
+    pref64: int = 0
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What the devices and configuration ask of the topology."""
+
+    vfio_port_units: int = 0  # PCIe VFIO units needing a root or downstream port
+    vfio_on_switch: bool = False  # those units go to switch downstream ports
+    bridge_units: int = 0  # units placed on pci-bridge slots (bridge-port, or legacy PCI)
+    block_on_bridges: int = 0  # virtio-blk volumes on bridge slots
+    block_on_ports: int = 0  # virtio-blk volumes on root ports of their own
+    root_ports: int = 0  # configured pcie_root_port
+    switch_ports: int = 0  # configured pcie_switch_port
+    bridges: int = 0  # configured default_bridges
+    scsi_controller: bool = False
+    vfio_hints: tuple[PortHint, ...] = ()  # per VFIO unit, for hot-plug ports
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The boot topology: controllers in command-line order, and where devices go."""
+
+    controllers: tuple[Controller, ...]
+    vfio_targets: tuple[Target, ...]  # one per VFIO unit, in unit order
+    bridge_targets: tuple[Target, ...]  # bridge slots: VFIO bridge units first, then blocks
+    block_port_targets: tuple[Target, ...]
+    spare_targets: tuple[Target, ...]
+    bus_numbers: int
+    root_slots_used: int
+
+    def controller(self, id_: str) -> Controller:
+        for controller in self.controllers:
+            if controller.id == id_:
+                return controller
+        raise KeyError(id_)
+
+
+def _round_window(size: int) -> int:
+    """A bridge window: a power of two, at least 1 MiB (PCI bridge granularity)."""
+    size = max(size, 1 << 20)
+    return 1 << (size - 1).bit_length()
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
+def _root_port_reserves(hint: PortHint | None) -> tuple[tuple[str, str], ...]:
+    reserves = [("io-reserve", "0")]
+    if hint is not None:
+        if hint.mem:
+            reserves.append(("mem-reserve", _size(_round_window(hint.mem))))
+        if hint.pref64:
+            reserves.append(("pref64-reserve", _size(_round_window(hint.pref64))))
+    return tuple(reserves)
+
+
+class _Layout:
+    """Accumulates controllers while handing out root-bus slots and chassis numbers."""
+
+    def __init__(self) -> None:
+        self.controllers: list[Controller] = []
+        self.free_slots = list(ROOT_BUS_SLOTS)
+        self.needed_slots = 0
+        self.next_chassis = 1
+        self.root_chassis: int | None = None
+        self.counts: dict[str, int] = {}
+
+    def _slot(self) -> int:
+        self.needed_slots += 1
+        return self.free_slots.pop(0) if self.free_slots else -1
+
+    def _chassis(self) -> int:
+        chassis = self.next_chassis
+        self.next_chassis += 1
+        return chassis
+
+    def _name(self, prefix: str) -> str:
+        index = self.counts.get(prefix, 0)
+        self.counts[prefix] = index + 1
+        return f"{prefix}{index}"
+
+    def bridge(self) -> Controller:
+        slot = self._slot()
+        index = self.counts.get("pci-bridge-", 0)
+        self.counts["pci-bridge-"] = index + 1
+        controller = Controller(
+            f"pci-bridge-{index}", Role.PCI_BRIDGE, Use.BRIDGE, ROOT_BUS, slot,
+            GuestPciPath((max(slot, 0),)), chassis=self._chassis(),
+            reserves=(("io-reserve", "4K"), ("mem-reserve", "1M"), ("pref64-reserve", "1M")),
+        )
+        self.controllers.append(controller)
+        return controller
+
+    def scsi(self) -> None:
+        slot = self._slot()
+        self.controllers.append(Controller("scsi0", Role.SCSI_CONTROLLER, Use.SCSI, ROOT_BUS,
+                                           slot, GuestPciPath((max(slot, 0),))))
+
+    def root_port(self, use: Use, prefix: str, hint: PortHint | None = None) -> Controller:
+        slot = self._slot()
+        if self.root_chassis is None:
+            self.root_chassis = self._chassis()
+        controller = Controller(
+            self._name(prefix), Role.ROOT_PORT, use, ROOT_BUS, slot,
+            GuestPciPath((max(slot, 0),)), chassis=self.root_chassis, slot=self.needed_slots,
+            reserves=_root_port_reserves(hint),
+        )
+        self.controllers.append(controller)
+        return controller
+
+    def switch(self, downstream_uses: list[Use]) -> list[Controller]:
+        holder = self.root_port(Use.SWITCH, "swrp")
+        upstream = Controller(self._name("swup"), Role.SWITCH_UPSTREAM, Use.SWITCH, holder.id,
+                              0, holder.path.child(0))
+        self.controllers.append(upstream)
+        chassis = self._chassis()
+        ports = []
+        for index, use in enumerate(downstream_uses):
+            port = Controller(self._name("swdp"), Role.SWITCH_DOWNSTREAM, use, upstream.id,
+                              index, upstream.path.child(index), chassis=chassis, slot=index)
+            ports.append(port)
+            self.controllers.append(port)
+        return ports
+
+
+def build_topology(demand: Demand) -> Topology:
+    """Lay out the controllers for ``demand`` and check every budget.
+
+    :raises TopologyExhausted: naming the budget (root-bus slots, bus numbers, bridge slots).
+    """
+    layout = _Layout()
+    bridge_needed = demand.bridge_units + demand.block_on_bridges
+    bridge_count = max(demand.bridges, -(-bridge_needed // len(BRIDGE_SLOTS)))
+    if bridge_count > MAX_BRIDGES:
+        raise TopologyExhausted(
+            "pci-bridge slots", bridge_needed, MAX_BRIDGES * len(BRIDGE_SLOTS),
+            f"at most {MAX_BRIDGES} bridges of {len(BRIDGE_SLOTS)} slots")
+    bridges = [layout.bridge() for _ in range(bridge_count)]
+    if demand.scsi_controller:
+        layout.scsi()
+
+    vfio_targets: list[Target] = []
+    spare: list[Target] = []
+    hints = demand.vfio_hints
+    on_root = 0 if demand.vfio_on_switch else demand.vfio_port_units
+    for index in range(max(on_root, demand.root_ports)):
+        used = index < on_root
+        hint = hints[index] if used and index < len(hints) else None
+        port = layout.root_port(Use.VFIO if used else Use.SPARE, "rp", hint)
+        (vfio_targets if used else spare).append(Target(port.id, 0, port.path.child(0)))
+    on_switch = demand.vfio_port_units if demand.vfio_on_switch else 0
+    downstream = max(on_switch, demand.switch_ports)
+    uses = [Use.VFIO if i < on_switch else Use.SPARE for i in range(downstream)]
+    for start in range(0, downstream, DOWNSTREAM_PER_SWITCH):
+        for port in layout.switch(uses[start:start + DOWNSTREAM_PER_SWITCH]):
+            target = Target(port.id, 0, port.path.child(0))
+            (vfio_targets if port.use is Use.VFIO else spare).append(target)
+    block_ports = []
+    for _ in range(demand.block_on_ports):
+        port = layout.root_port(Use.BLOCK, "rp")
+        block_ports.append(Target(port.id, 0, port.path.child(0)))
+
+    if layout.needed_slots > len(ROOT_BUS_SLOTS):
+        raise TopologyExhausted(
+            "root-bus slots (pcie.0 0x02-0x1e)", layout.needed_slots, len(ROOT_BUS_SLOTS),
+            'use cold_plug_vfio/hot_plug_vfio = "switch-port" to put more devices behind '
+            "one root port")
+    buses = sum(1 for c in layout.controllers if c.takes_bus_number)
+    if buses > BUS_NUMBERS:
+        raise TopologyExhausted("PCI bus numbers (1-255)", buses, BUS_NUMBERS)
+    bridge_targets = [Target(b.id, s, b.path.child(s)) for b in bridges for s in BRIDGE_SLOTS]
+    return Topology(
+        controllers=tuple(layout.controllers),
+        vfio_targets=tuple(vfio_targets),
+        bridge_targets=tuple(bridge_targets[:bridge_needed]),
+        block_port_targets=tuple(block_ports),
+        spare_targets=tuple(spare + bridge_targets[bridge_needed:]),
+        bus_numbers=buses,
+        root_slots_used=layout.needed_slots,
+    )
