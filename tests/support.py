@@ -1,0 +1,120 @@
+"""Builders for the pure tests: configurations through the real parser, hosts in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from podplug.inputs.kata import RuntimeConfig, parse_kata_config
+from podplug.model.enums import ContainerType, NodeType
+from podplug.model.host import (
+    IORESOURCE_MEM,
+    IORESOURCE_MEM_64,
+    IORESOURCE_PREFETCH,
+    Bar,
+    BlockNode,
+    CharNode,
+    HostInventory,
+    PciFunction,
+)
+from podplug.model.pci import CLASS_AUDIO, CLASS_DISPLAY_3D, CLASS_OTHER_BRIDGE, Bdf
+from podplug.model.request import ContainerDevice, ContainerRequest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+KATA_FIXTURES = SHARED / "fixtures" / "kata"
+
+VFIO_GROUP_MAJOR = 236
+VFIO_CDEV_MAJOR = 237
+PREF64 = IORESOURCE_MEM | IORESOURCE_MEM_64 | IORESOURCE_PREFETCH
+
+
+def config(
+    vfio_mode: str = "guest-kernel",
+    cold: str = "no-port",
+    hot: str = "no-port",
+    driver: str = "virtio-blk",
+    *,
+    root_ports: int = 0,
+    switch_ports: int = 0,
+    bridges: int = 1,
+    hypervisor: str = "qemu",
+    machine: str = "q35",
+) -> RuntimeConfig:
+    """A configuration, parsed by the real parser from a TOML-shaped mapping."""
+    return parse_kata_config({
+        "hypervisor": {hypervisor: {
+            "machine_type": machine, "cold_plug_vfio": cold, "hot_plug_vfio": hot,
+            "block_device_driver": driver, "pcie_root_port": root_ports,
+            "pcie_switch_port": switch_ports, "default_bridges": bridges,
+            "enable_annotations": ["cold_plug_vfio", "hot_plug_vfio", "pcie_root_port",
+                                   "pcie_switch_port"],
+        }},
+        "runtime": {"vfio_mode": vfio_mode},
+    })
+
+
+def gpu(bus: int, function: int, group: int, *, klass: int = CLASS_DISPLAY_3D) -> PciFunction:
+    bars = (Bar(0, 16 << 20, IORESOURCE_MEM), Bar(1, 64 << 30, PREF64)) if function == 0 else (
+        Bar(0, 16 << 10, IORESOURCE_MEM),)
+    return PciFunction(Bdf(0, bus, 0, function), 0x10DE, 0x2330 if function == 0 else 0x22BA,
+                       klass if function == 0 else CLASS_AUDIO, True, bars, "vfio-pci", 0,
+                       group)
+
+
+def nvswitch(bus: int, group: int) -> PciFunction:
+    return PciFunction(Bdf(0, bus, 0, 0), 0x10DE, 0x22A3, CLASS_OTHER_BRIDGE, True,
+                       (Bar(0, 32 << 20, IORESOURCE_MEM),), "vfio-pci", 0, group)
+
+
+def inventory(
+    groups: int = 1, functions: int = 2, *, blocks: int = 1, iommufd: int = 0,
+    nvswitches: int = 0,
+) -> HostInventory:
+    """``groups`` GPU groups of ``functions`` functions (buses 0x41..), ``blocks`` loop
+    devices 7:N, ``iommufd`` single-function cdevs vfio0.. and ``nvswitches`` own groups."""
+    funcs: dict[Bdf, PciFunction] = {}
+    iommu: dict[int, tuple[Bdf, ...]] = {}
+    chars: dict[tuple[int, int], CharNode] = {(10, 196): CharNode(10, 196, "vfio/vfio")}
+    for g in range(groups):
+        number = 12 + g
+        members = tuple(gpu(0x41 + g, f, number) for f in range(functions))
+        for m in members:
+            funcs[m.bdf] = m
+        iommu[number] = tuple(m.bdf for m in members)
+        chars[(VFIO_GROUP_MAJOR, number)] = CharNode(VFIO_GROUP_MAJOR, number, f"vfio/{number}")
+    for n in range(nvswitches):
+        number = 100 + n
+        switch = nvswitch(0x90 + n, number)
+        funcs[switch.bdf] = switch
+        iommu[number] = (switch.bdf,)
+        chars[(VFIO_GROUP_MAJOR, number)] = CharNode(VFIO_GROUP_MAJOR, number, f"vfio/{number}")
+    for k in range(iommufd):
+        dev = gpu(0xC0 + k, 0, 200 + k)
+        funcs[dev.bdf] = dev
+        iommu[200 + k] = (dev.bdf,)
+        chars[(VFIO_CDEV_MAJOR, k)] = CharNode(VFIO_CDEV_MAJOR, k, f"vfio/devices/vfio{k}",
+                                               dev.bdf)
+    block = {(7, i): BlockNode(7, i, f"loop{i}", f"/images/disk{i}.img") for i in range(blocks)}
+    return HostInventory(funcs, iommu, block, chars)
+
+
+def vfio_group(number: int) -> ContainerDevice:
+    return ContainerDevice(f"/dev/vfio/{number}", NodeType.CHAR, VFIO_GROUP_MAJOR, number, 0o666)
+
+
+def vfio_control() -> ContainerDevice:
+    return ContainerDevice("/dev/vfio/vfio", NodeType.CHAR, 10, 196, 0o666)
+
+
+def iommufd_dev(k: int) -> ContainerDevice:
+    return ContainerDevice(f"/dev/vfio/devices/vfio{k}", NodeType.CHAR, VFIO_CDEV_MAJOR, k, 0o666)
+
+
+def block(minor: int, path: str = "") -> ContainerDevice:
+    return ContainerDevice(path or f"/dev/xd{chr(ord('a') + minor)}", NodeType.BLOCK, 7, minor,
+                           0o660)
+
+
+def request(*devices: ContainerDevice, sandbox: bool = False) -> ContainerRequest:
+    kind = ContainerType.SANDBOX if sandbox else ContainerType.CONTAINER
+    return ContainerRequest(tuple(devices), {}, kind)
