@@ -76,8 +76,9 @@ def test_bad_sysfs_exit_3(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
 
 
 def test_unsupported_machine_exit_4(capsys: pytest.CaptureFixture[str], host: Path) -> None:
-    code, _, err = run(capsys, "plan", "--config", str(KATA_FIXTURES / "configuration-qemu-se.toml"),
-                       "--spec", str(DEMO / "spec.json"), "--sysfs", str(host))
+    se = KATA_FIXTURES / "configuration-qemu-se.toml"
+    code, _, err = run(capsys, "plan", "--config", str(se), "--spec", str(DEMO / "spec.json"),
+                       "--sysfs", str(host))
     assert code == 4 and "s390-ccw-virtio" in err and "q35" in err
 
 
