@@ -1,0 +1,576 @@
+"""The QEMU process: launch, QMP connection, shutdown, and the choice of accelerator.
+
+A :class:`Vm` is one QEMU run, with explicit states and guards::
+
+    PLANNED --launch--> LAUNCHING --QMP ready--> RUNNING --shutdown--> STOPPING --> STOPPED
+        \\______________ launch failed / shutdown before launch ___________________/
+
+Operations asked in the wrong state raise :class:`~podplug.errors.StateError`. A Vm is
+single-use: STOPPED is final.
+
+What :meth:`Vm.launch` adds to the planned argv tail (qemu-recipe.md step 3)::
+
+    qemu-system-x86_64 -accel tcg|kvm -display none -no-reboot -nodefaults -no-user-config
+        -qmp unix:DIR/qmp.sock,server=on,wait=off -serial file:DIR/serial.log  <tail>
+
+``DIR`` is a private temporary directory, removed on every exit path. QEMU's stdout and
+stderr go to ``DIR/qemu.log`` (a file, so a chatty QEMU can never block on a full pipe).
+The child gets ``PR_SET_PDEATHSIG = SIGKILL`` (pitfall 8, ``prctl(2)``): if the Python
+process dies, even by SIGKILL, QEMU dies too. The kernel ties that signal to the *thread*
+that forked, so launch a Vm from a thread that outlives it. QEMU also gets its own session,
+so a terminal Ctrl-C reaches Python (and the ``with`` block's cleanup), not QEMU directly.
+
+Shutdown is QMP ``quit``, then SIGTERM, then SIGKILL. ``quit`` rather than
+``system_powerdown``: powerdown asks the guest via ACPI and completes only if a guest OS
+handles the power button; with ``-S``, with firmware only, or with podplug's busybox guest
+(no acpid) it never completes and would cost the whole soft timeout every time. The
+sandbox guest has no state worth an orderly guest shutdown (Kata's ``stopSandbox`` also
+ends QEMU with ``quit``); QEMU itself still closes and flushes its block backends on quit.
+
+Accelerator (:func:`choose_accel`): never KVM because ``/dev/kvm`` exists. On this
+project's machines ``/dev/kvm`` opens, but it is the ``kvm_pvm`` software KVM and guests
+crawl or die with "KVM internal error" (qemu-recipe.md, "KVM on this machine").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import enum
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import NoReturn, TypeVar
+
+from podplug.errors import HotplugTimeout, QemuLaunchError, StateError, VmError
+from podplug.vm.qmp import DEFAULT_REPLY_TIMEOUT_S, EventMatch, EventWatch, QmpEvent, QmpSession
+
+DEFAULT_QEMU = "qemu-system-x86_64"
+BASE_ARGS = ("-display", "none", "-no-reboot", "-nodefaults", "-no-user-config")
+_UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
+_OUTPUT_TAIL_CHARS = 4000
+_TERM_WAIT_S = 1.0
+_KILL_WAIT_S = 2.0
+
+_R = TypeVar("_R")
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_prctl.restype = ctypes.c_int
+
+
+class VmState(enum.Enum):
+    PLANNED = "planned"
+    LAUNCHING = "launching"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Accel(enum.Enum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+class StopHow(enum.Enum):
+    """How the QEMU process ended."""
+
+    NEVER_STARTED = "never-started"
+    EXITED = "exited"  # QEMU had already exited (guest poweroff, crash) before shutdown
+    QUIT = "quit"  # QMP quit
+    SIGTERM = "sigterm"
+    SIGKILL = "sigkill"
+
+
+@dataclass(frozen=True)
+class StopReport:
+    how: StopHow
+    exitcode: int | None
+    seconds: float
+
+
+def build_argv(qemu_binary: str, accel: Accel, workdir: Path, tail: Sequence[str]) -> list[str]:
+    """The full QEMU command line for a run in ``workdir`` (pure)."""
+    if accel is Accel.AUTO:
+        raise ValueError("Vm needs the accelerator actually used; resolve AUTO with choose_accel")
+    qmp_sock, serial = workdir / "qmp.sock", workdir / "serial.log"
+    if "," in str(workdir):
+        raise ValueError(f"QEMU option syntax cannot take a ',' in the VM directory: {workdir}")
+    if len(str(qmp_sock)) > _UNIX_PATH_MAX:
+        raise ValueError(f"QMP socket path longer than {_UNIX_PATH_MAX} bytes: {qmp_sock}")
+    return [
+        qemu_binary,
+        "-accel", accel.value,
+        *BASE_ARGS,
+        "-qmp", f"unix:{qmp_sock},server=on,wait=off",
+        "-serial", f"file:{serial}",
+        *tail,
+    ]  # fmt: skip
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    """preexec_fn: die with the parent (PR_SET_PDEATHSIG), including if it is already gone."""
+
+    def setup() -> None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return setup
+
+
+def _tail(path: Path, limit: int) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    return data[-limit:].decode("utf-8", "replace")
+
+
+class Vm:
+    """One QEMU process with its QMP session; ``with Vm(...) as vm`` launches and always stops.
+
+    :param argv_tail: the planned arguments (machine, memory, kernel, devices, ...)
+    :param accel: the accelerator actually used (TCG or KVM, see :func:`choose_accel`)
+    """
+
+    def __init__(
+        self,
+        argv_tail: Sequence[str],
+        *,
+        accel: Accel,
+        qemu_binary: str = DEFAULT_QEMU,
+        tmp_parent: str | None = None,
+        name: str = "podplug",
+    ) -> None:
+        if accel is Accel.AUTO:
+            raise ValueError("Vm needs the accelerator actually used; resolve AUTO first")
+        if isinstance(argv_tail, str):
+            raise TypeError("argv_tail is a sequence of arguments, not one string")
+        self.argv_tail = tuple(argv_tail)
+        self.accel = accel
+        self.qemu_binary = qemu_binary
+        self.name = name
+        self._tmp_parent = tmp_parent
+        self._state = VmState.PLANNED
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._qmp: QmpSession | None = None
+        self._workdir: Path | None = None
+        self._argv: tuple[str, ...] = ()
+        self._final_output = ""
+        self._report: StopReport | None = None
+
+    # -- state ----------------------------------------------------------------------
+
+    @property
+    def state(self) -> VmState:
+        return self._state
+
+    def _require(self, operation: str, *states: VmState) -> None:
+        if self._state not in states:
+            raise StateError(operation, self._state.value, [s.value for s in states])
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The command line of the launch (empty before launch)."""
+        return self._argv
+
+    @property
+    def workdir(self) -> Path | None:
+        """The private directory of the run (kept as a record after it is removed)."""
+        return self._workdir
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def serial_log(self) -> Path:
+        self._require("read the serial log", VmState.RUNNING)
+        assert self._workdir is not None
+        return self._workdir / "serial.log"
+
+    @property
+    def stop_report(self) -> StopReport | None:
+        return self._report
+
+    def output(self, limit: int = _OUTPUT_TAIL_CHARS) -> str:
+        """The tail of the serial console, then QEMU's stdout/stderr (stderr last)."""
+        if self._workdir is None or not self._workdir.exists():
+            return self._final_output[-limit:] if limit else self._final_output
+        serial = _tail(self._workdir / "serial.log", limit)
+        log = _tail(self._workdir / "qemu.log", limit)
+        parts = []
+        if serial.strip():
+            parts.append(f"--- serial (tail) ---\n{serial.rstrip()}")
+        if log.strip():
+            parts.append(f"--- qemu stderr ---\n{log.rstrip()}")
+        return "\n".join(parts)
+
+    # -- launch ---------------------------------------------------------------------
+
+    def launch(self, timeout: float = 30.0) -> None:
+        """Start QEMU and connect QMP within ``timeout`` seconds.
+
+        :raise QemuLaunchError: QEMU could not start, exited, or never offered QMP; the
+            process is gone and the directory removed when this is raised.
+        :raise StateError: the Vm is not PLANNED
+        """
+        self._require("launch", VmState.PLANNED)
+        self._state = VmState.LAUNCHING
+        try:
+            self._launch(timeout)
+        except QemuLaunchError:
+            raise  # _fail has cleaned up
+        except BaseException:
+            # KeyboardInterrupt and bugs: clean up, then let them through.
+            self._release(StopHow.SIGKILL, time.monotonic())
+            raise
+        self._state = VmState.RUNNING
+
+    def _launch(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self._workdir = Path(tempfile.mkdtemp(prefix="podplug-vm-", dir=self._tmp_parent))
+        try:
+            self._argv = tuple(
+                build_argv(self.qemu_binary, self.accel, self._workdir, self.argv_tail)
+            )
+        except ValueError as exc:
+            self._fail(str(exc))
+        sock = self._workdir / "qmp.sock"
+        with open(self._workdir / "qemu.log", "wb") as log:
+            try:
+                self._proc = subprocess.Popen(
+                    self._argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    close_fds=True,
+                    start_new_session=True,
+                    preexec_fn=_child_setup(os.getpid()),
+                )
+            except OSError as exc:
+                self._fail(f"cannot execute {self.qemu_binary}: {exc}")
+        while not sock.exists():
+            if self._proc.poll() is not None:
+                self._fail("QEMU exited before offering QMP")
+            if time.monotonic() >= deadline:
+                self._fail(f"QMP socket did not appear within {timeout:.1f} s")
+            time.sleep(0.005)
+        self._qmp = QmpSession(self.name)
+        while True:
+            # QEMU creates the socket file (bind) a moment before it listens: a refused
+            # connection while QEMU lives and time remains is retried.
+            try:
+                self._qmp.connect(str(sock), max(0.1, deadline - time.monotonic()))
+                return
+            except VmError as exc:
+                alive = self._proc.poll() is None and time.monotonic() < deadline
+                if alive and not isinstance(exc, HotplugTimeout):
+                    time.sleep(0.005)
+                    continue
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(0.2)  # a dying QEMU: let its exit code be reported
+                self._fail(f"QMP did not come up: {exc}")
+
+    def _fail(self, problem: str) -> NoReturn:
+        """Kill what was started, clean up, raise QemuLaunchError (never returns)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(_KILL_WAIT_S)
+        exitcode = self._proc.poll() if self._proc is not None else None
+        output = self.output()
+        how = StopHow.NEVER_STARTED if self._proc is None else StopHow.EXITED
+        if exitcode == -signal.SIGKILL:
+            how = StopHow.SIGKILL
+        self._release(how, time.monotonic())
+        raise QemuLaunchError(problem, exitcode=exitcode, argv=self._argv, output=output)
+
+    # -- QMP, guarded ---------------------------------------------------------------
+
+    @property
+    def qmp(self) -> QmpSession:
+        self._require("use QMP", VmState.RUNNING)
+        assert self._qmp is not None
+        return self._qmp
+
+    def execute(
+        self,
+        command: str,
+        arguments: Mapping[str, object] | None = None,
+        timeout: float = DEFAULT_REPLY_TIMEOUT_S,
+    ) -> object:
+        """A QMP command on the running VM (see :meth:`QmpSession.execute`)."""
+        self._require(f"execute {command}", VmState.RUNNING)
+        return self._with_exit_context(
+            command, lambda: self.qmp.execute(command, arguments, timeout)
+        )
+
+    def qom_get(self, path: str, prop: str) -> object:
+        self._require("qom-get", VmState.RUNNING)
+        return self._with_exit_context("qom-get", lambda: self.qmp.qom_get(path, prop))
+
+    def watch(self, *names: str, match: EventMatch | None = None) -> EventWatch:
+        self._require("watch events", VmState.RUNNING)
+        return self.qmp.watch(*names, match=match)
+
+    def device_del_and_wait(self, device_id: str, timeout: float) -> QmpEvent:
+        self._require("device_del", VmState.RUNNING)
+        return self._with_exit_context(
+            "device_del", lambda: self.qmp.device_del_and_wait(device_id, timeout)
+        )
+
+    def _with_exit_context(self, what: str, call: Callable[[], _R]) -> _R:
+        try:
+            return call()
+        except VmError as exc:
+            if type(exc) is VmError and self._proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(0.2)
+                if self._proc.poll() is not None:
+                    last = self.output().strip().splitlines()
+                    raise VmError(
+                        f"QEMU exited (code {self._proc.returncode}) during {what}: "
+                        f"{last[-1] if last else 'no output'}"
+                    ) from exc
+            raise
+
+    # -- shutdown -------------------------------------------------------------------
+
+    def shutdown(self, timeout: float = 10.0) -> StopReport:
+        """Stop QEMU: QMP ``quit`` (bounded by ``timeout``), then SIGTERM (1 s), then SIGKILL.
+
+        Always closes QMP and removes the directory. Idempotent: a second call returns the
+        first report. Safe from any state; from PLANNED it just marks the Vm STOPPED.
+        """
+        if self._report is not None:
+            return self._report
+        started = time.monotonic()
+        if self._state is VmState.PLANNED:
+            self._state = VmState.STOPPED
+            self._report = StopReport(StopHow.NEVER_STARTED, None, 0.0)
+            return self._report
+        self._state = VmState.STOPPING
+        how = StopHow.SIGKILL
+        try:
+            how = self._stop_process(started + timeout)
+        finally:
+            self._release(how, started)
+        assert self._report is not None
+        return self._report
+
+    def _stop_process(self, deadline: float) -> StopHow:
+        proc = self._proc
+        if proc is None:
+            return StopHow.NEVER_STARTED
+        if proc.poll() is not None:
+            return StopHow.EXITED
+        if self._qmp is not None and self._qmp.connected:
+            # QEMU may hang up before it replies to quit: both mean "quitting".
+            with contextlib.suppress(VmError):
+                self._qmp.execute("quit", timeout=max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+                return StopHow.QUIT
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(_TERM_WAIT_S)
+            return StopHow.SIGTERM
+        return StopHow.SIGKILL  # _release kills
+
+    def _release(self, how: StopHow, started: float) -> None:
+        """Make sure QEMU is dead and reaped, close QMP, keep the output, remove the dir."""
+        try:
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                how = StopHow.SIGKILL
+                try:
+                    proc.wait(_KILL_WAIT_S)
+                except subprocess.TimeoutExpired as exc:
+                    raise VmError(
+                        f"QEMU pid {proc.pid} survived SIGKILL for {_KILL_WAIT_S} s"
+                    ) from exc
+        finally:
+            if self._qmp is not None:
+                self._qmp.close()
+            self._final_output = self.output()
+            if self._workdir is not None:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+            exitcode = self._proc.returncode if self._proc is not None else None
+            self._report = StopReport(how, exitcode, time.monotonic() - started)
+            self._state = VmState.STOPPED
+
+    # -- context manager ------------------------------------------------------------
+
+    def __enter__(self) -> Vm:
+        if self._state is VmState.PLANNED:
+            self.launch()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"<Vm {self.name} {self._state.value} pid={self.pid} accel={self.accel.value}>"
+
+
+# -- accelerator ----------------------------------------------------------------------
+
+#: SeaBIOS's last words when it finds nothing to boot, on its debug port 0x402.
+SEABIOS_END = b"No bootable device."
+#: From ``cont``, SeaBIOS reaches SEABIOS_END in 0.09 s under TCG on the 2-core machine kind
+#: (3 runs); a usable KVM is faster still; the broken kvm_pvm KVM there needs 3.4-3.6 s.
+FIRMWARE_DEADLINE_S = 1.5
+
+
+def choose_accel(requested: Accel, probe: Callable[[], bool]) -> tuple[Accel, str]:
+    """The accelerator to pass to :class:`Vm`, and a note saying why.
+
+    TCG and KVM are taken as asked (an explicit KVM is not probed). AUTO picks KVM only if
+    ``probe()`` returns True; ``False`` or a :class:`~podplug.errors.VmError` (whose message
+    is kept in the note) falls back to TCG. The presence of ``/dev/kvm`` is never a reason.
+    """
+    if requested is Accel.TCG:
+        return Accel.TCG, "TCG requested"
+    if requested is Accel.KVM:
+        return Accel.KVM, "KVM requested explicitly (not probed)"
+    try:
+        usable = probe()
+    except VmError as exc:
+        return Accel.TCG, f"AUTO: KVM probe failed ({exc}); using TCG"
+    if usable:
+        return Accel.KVM, "AUTO: KVM probe passed"
+    return Accel.TCG, "AUTO: KVM probe said no; using TCG"
+
+
+def _cpu_flags(cpuinfo: Path) -> set[str]:
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                flags.update(value.split())
+    return flags
+
+
+def firmware_probe(
+    accel: Accel,
+    *,
+    qemu_binary: str = DEFAULT_QEMU,
+    deadline_s: float = FIRMWARE_DEADLINE_S,
+    launch_timeout: float = 10.0,
+) -> float:
+    """Run SeaBIOS (q35, no disk, no kernel) under ``accel``; seconds until it gives up.
+
+    Starts paused (``-S``), checks ``query-kvm`` (for KVM), ``cont``, then waits for
+    :data:`SEABIOS_END` on the ``isa-debugcon`` port 0x402.
+
+    What passing proves: the accelerator creates a VM and runs real-mode and 32-bit
+    firmware code (port I/O, PCI enumeration, option ROMs) at a usable speed, QEMU printed
+    no "host doesn't support requested feature" CPU warning, and QEMU did not die (a "KVM
+    internal error" ends QEMU). What it does not prove: 64-bit long mode, SSE/AVX/XSAVE or
+    ``cmpxchg16b`` (the instructions the kvm_pvm KVM fails on with a Linux guest), guest
+    kernel drivers, or speed under load. A guest boot can still fail after a pass.
+
+    :raise VmError: the firmware did not get there in ``deadline_s`` (or QEMU died, or KVM
+        is not enabled); :class:`~podplug.errors.QemuLaunchError` if QEMU does not start
+    """
+    with tempfile.TemporaryDirectory(prefix="podplug-probe-") as tmp:
+        debugcon = Path(tmp) / "debugcon.log"
+        tail = [
+            "-machine", "q35", "-m", "64", "-S",
+            "-chardev", f"file,id=dbg,path={debugcon}",
+            "-device", "isa-debugcon,iobase=0x402,chardev=dbg",
+        ]  # fmt: skip
+        vm = Vm(tail, accel=accel, qemu_binary=qemu_binary, name="accel-probe")
+        vm.launch(launch_timeout)
+        with vm:
+            if accel is Accel.KVM:
+                kvm = vm.execute("query-kvm")
+                if not (isinstance(kvm, Mapping) and kvm.get("enabled") is True):
+                    raise VmError(f"query-kvm says KVM is not enabled: {kvm!r}")
+            warning = [ln for ln in vm.output().splitlines() if "doesn't support" in ln]
+            if warning:
+                raise VmError(f"QEMU warns about the CPU model: {warning[0].strip()}")
+            started = time.monotonic()
+            vm.execute("cont")
+            while True:
+                elapsed = time.monotonic() - started
+                with contextlib.suppress(OSError):
+                    if SEABIOS_END in debugcon.read_bytes():
+                        return elapsed
+                if not vm.alive:
+                    lines = vm.output().strip().splitlines()
+                    raise VmError(
+                        f"QEMU died in the firmware probe: {lines[-1] if lines else 'no output'}"
+                    )
+                if elapsed > deadline_s:
+                    raise VmError(
+                        f"SeaBIOS did not finish within {deadline_s:.1f} s under "
+                        f"{accel.value} (about 0.1 s under TCG)"
+                    )
+                time.sleep(0.01)
+
+
+def probe_kvm(
+    qemu_binary: str = DEFAULT_QEMU,
+    deadline_s: float = FIRMWARE_DEADLINE_S,
+    *,
+    kvm_device: str = "/dev/kvm",
+    cpuinfo: str = "/proc/cpuinfo",
+) -> bool:
+    """Is KVM worth using? True, or a :class:`~podplug.errors.VmError` that says why not.
+
+    Three checks, cheapest first: ``/dev/kvm`` is accessible; the CPU shows ``vmx`` or
+    ``svm`` (without them ``/dev/kvm`` can only be a software KVM such as kvm_pvm, the case
+    of this project's machines); :func:`firmware_probe` under KVM meets its deadline. For use
+    as ``choose_accel(Accel.AUTO, probe_kvm)``. Opens ``/dev/kvm`` only through QEMU.
+    """
+    if not os.access(kvm_device, os.R_OK | os.W_OK):
+        raise VmError(f"{kvm_device} is missing or not accessible")
+    flags = _cpu_flags(Path(cpuinfo))
+    if not flags & {"vmx", "svm"}:
+        raise VmError(
+            f"{cpuinfo} shows no vmx/svm flag: {kvm_device} is a software KVM "
+            "(e.g. kvm_pvm), on which stock guests crash or crawl"
+        )
+    firmware_probe(Accel.KVM, qemu_binary=qemu_binary, deadline_s=deadline_s)
+    return True
+
+
+__all__ = [
+    "BASE_ARGS",
+    "DEFAULT_QEMU",
+    "FIRMWARE_DEADLINE_S",
+    "SEABIOS_END",
+    "Accel",
+    "StopHow",
+    "StopReport",
+    "Vm",
+    "VmState",
+    "build_argv",
+    "choose_accel",
+    "firmware_probe",
+    "probe_kvm",
+]
