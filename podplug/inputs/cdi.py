@@ -40,15 +40,12 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
-
-import yaml
-from jsonschema import Draft7Validator
-from jsonschema.exceptions import best_match
-from referencing import Registry
-from referencing.jsonschema import DRAFT7
+from typing import TYPE_CHECKING, Any
 
 from podplug.errors import CdiError
+
+if TYPE_CHECKING:  # jsonschema and yaml cost ~120 ms to import: only when a spec is read
+    from jsonschema import Draft7Validator
 from podplug.model.enums import NodeType
 from podplug.model.request import ContainerDevice, ContainerRequest
 
@@ -207,6 +204,8 @@ def parse_cdi_spec(doc: object, *, source: str = "<memory>") -> CdiSpec:
     if not isinstance(doc, dict):
         raise CdiError("$", f"a CDI spec must be an object, not {type(doc).__name__}")
     _check_keys_are_strings(doc, [])
+    from jsonschema.exceptions import best_match
+
     error = best_match(_validator().iter_errors(doc))
     if error is not None:
         raise CdiError(_json_path(error.absolute_path), _one_line(error.message))
@@ -242,6 +241,10 @@ def parse_cdi_spec(doc: object, *, source: str = "<memory>") -> CdiSpec:
 @lru_cache(maxsize=1)
 def _validator() -> Draft7Validator:
     """The upstream schema, its ``defs.json#/definitions/...`` refs resolved offline."""
+    from jsonschema import Draft7Validator
+    from referencing import Registry
+    from referencing.jsonschema import DRAFT7
+
     folder = resources.files("podplug.inputs").joinpath("cdi_schema")
     schema = json.loads(folder.joinpath("schema.json").read_text(encoding="utf-8"))
     defs = json.loads(folder.joinpath("defs.json").read_text(encoding="utf-8"))
@@ -437,6 +440,8 @@ def load_cdi_file(path: str | os.PathLike[str]) -> CdiSpec:
         raise CdiError("$", f"cannot read the file: {reason}", path=where) from err
     if not text.strip():
         raise CdiError("$", "empty file", path=where)
+    import yaml
+
     try:
         if Path(path).suffix == ".json":
             doc: object = json.loads(text)

@@ -80,6 +80,7 @@ class PlannedFunction:
     host: Bdf
     guest_function: int
     qemu: QemuDevice
+    guest_path: GuestPciPath
     vendor: int
     device: int
     class_code: int
@@ -142,9 +143,11 @@ class Plan:
         ``sortContainerVFIODevices``), then the rest in request order.
         """
         kept = [d for d in self.devices if d.bucket is not Bucket.REJECTED]
-        control = [d for d in kept if d.request.path == "/dev/vfio/vfio"]
+        control = [d for d in kept if d.request.path == "/dev/vfio/vfio"
+                   and d.bucket not in (Bucket.COLD_VFIO, Bucket.HOT_VFIO)]
         vfio = [d for d in kept if d.bucket in (Bucket.COLD_VFIO, Bucket.HOT_VFIO)]
-        rest = [d for d in kept if d not in control and d not in vfio]
+        rest = [d for d in kept if d.request.path != "/dev/vfio/vfio"
+                and d.bucket not in (Bucket.COLD_VFIO, Bucket.HOT_VFIO)]
         return tuple(control + vfio + rest)
 
     @property
