@@ -17,6 +17,7 @@ from pathlib import Path
 from podplug.errors import PodplugError
 from podplug.model.enums import Bucket
 
+EXIT_UNUSABLE = 7
 EXIT_REJECTED = 8
 FORMATS = ("tree", "json", "argv", "qmp", "dot")
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -77,6 +78,65 @@ def cmd_fake_host(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from podplug.guest.image import build_image
+
+    image = build_image(Path(args.cache) if args.cache else None, force=args.force)
+    print(f"kernel    {image.kernel} ({image.kernel_version})")
+    print(f"initramfs {image.initramfs}")
+    print(f"cmdline   {image.cmdline}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from podplug.inputs.load import load_inputs
+    from podplug.run.report import render_table
+    from podplug.run.session import HotplugMode, RunOptions, run
+    from podplug.vm.process import Accel
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    options = RunOptions(
+        accel=Accel(args.accel), emulate_vfio=args.emulate_vfio,
+        hotplug=HotplugMode(args.hotplug), keep_running=args.keep_running,
+        cache_dir=Path(args.cache) if args.cache else None, progress=progress,
+    )
+    with tempfile.TemporaryDirectory(prefix="podplug-demo-") as tmp:
+        if args.config is None and args.spec is None:
+            config, spec, sysfs = _demo(Path(tmp), progress)
+        elif args.config is None or args.spec is None:
+            print("podplug: error: run takes both --config and --spec, or neither (demo)",
+                  file=sys.stderr)
+            return 2
+        else:
+            config, spec, sysfs = args.config, args.spec, args.sysfs
+        inputs = load_inputs(config, spec, cdi_dirs=args.cdi_dir or _default_cdi(),
+                             sysfs_root=sysfs)
+        report = run(inputs, options)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        sys.stdout.write(render_table(report))
+    return 0 if report.all_usable else EXIT_UNUSABLE
+
+
+def _demo(tmp: Path, progress: Callable[[str], None]) -> tuple[str, str, str]:
+    """The seed scenario against a FAKE host shipped with podplug (a stand-in host)."""
+    from podplug.host.fakesysfs import demo_host, write_fake_sysfs
+
+    disk = tmp / "xda.img"
+    with open(disk, "wb") as handle:
+        handle.truncate(64 << 20)
+    sysfs = write_fake_sysfs(tmp / "sys", demo_host(str(disk)))
+    progress("demo: Kata issue #11288's scenario (vfio_mode=vfio, cold_plug_vfio=root-port, "
+             "GPU group 12 of two functions + raw block volume /dev/xda)")
+    progress(f"demo: FAKE host sysfs (stand-in) in {sysfs}; /dev/xda = loop0 backed by {disk}")
+    return str(DEMO_DIR / "configuration.toml"), str(DEMO_DIR / "spec.json"), str(sysfs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="podplug",
@@ -94,6 +154,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the directory that stands for /sys (default /sys)")
     p.add_argument("--format", choices=FORMATS, default="tree")
     p.set_defaults(func=cmd_plan)
+
+    r = sub.add_parser("run", help="boot a VM from the plan, plug every device, prove each "
+                       "one in the guest (no arguments: the built-in demo)")
+    r.add_argument("--config", help="Kata configuration.toml")
+    r.add_argument("--spec", help="OCI runtime spec config.json")
+    r.add_argument("--cdi-dir", action="append", metavar="DIR")
+    r.add_argument("--sysfs", default="/sys", metavar="DIR")
+    r.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="auto probes KVM with a short boot and falls back to TCG")
+    r.add_argument("--emulate-vfio", action=argparse.BooleanOptionalAction, default=None,
+                   help="emulated stand-ins for VFIO devices (default: when no host IOMMU)")
+    r.add_argument("--hotplug", choices=("acpi", "native"), default="acpi")
+    r.add_argument("--keep-running", action="store_true")
+    r.add_argument("--json", action="store_true", help="the report as JSON on stdout")
+    r.add_argument("--cache", metavar="DIR", help="guest image cache (~/.cache/podplug)")
+    r.set_defaults(func=cmd_run)
+
+    i = sub.add_parser("image", help="the guest kernel + initramfs")
+    isub = i.add_subparsers(dest="image_command", required=True)
+    ib = isub.add_parser("build", help="build (or load from cache) the guest image")
+    ib.add_argument("--cache", metavar="DIR")
+    ib.add_argument("--force", action="store_true")
+    ib.set_defaults(func=cmd_image_build)
 
     f = sub.add_parser("fake-host", help="write a FAKE sysfs tree (a stand-in host) to DIR")
     f.add_argument("dir")

@@ -49,7 +49,7 @@ def vfio_functions(
         if source.kind is VfioKind.IOMMUFD and iommufd_object is not None:
             props.append(("iommufd", iommufd_object))
         planned.append(PlannedFunction(function.bdf, guest_function,
-                                       QemuDevice("vfio-pci", tuple(props)),
+                                       QemuDevice("vfio-pci", tuple(props)), target.path,
                                        function.vendor, function.device, function.class_code))
     return tuple(planned)
 

@@ -8,6 +8,8 @@ kept). Hot-plugged devices are not here: see :mod:`podplug.render.qmp`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from podplug.model.enums import Bucket
 from podplug.plan.model import Plan, PropValue, QemuDevice
 from podplug.plan.presentation import controller_device
@@ -26,17 +28,23 @@ def device_arg(device: QemuDevice) -> str:
     return ",".join([device.driver, *(f"{k}={_value(v)}" for k, v in device.props)])
 
 
-def render_argv(plan: Plan) -> list[str]:
-    """The planned part of the QEMU command line (no kernel, accel, QMP or agent socket)."""
+def render_argv(
+    plan: Plan, device: Callable[[QemuDevice], QemuDevice] | None = None
+) -> list[str]:
+    """The planned part of the QEMU command line (no kernel, accel, QMP or agent socket).
+
+    :param device: maps each cold-plugged device before rendering (the emulated stand-in of
+        :mod:`podplug.plan.standin`; iommufd objects are then left out).
+    """
     machine = "q35,kernel-irqchip=split" if plan.guest_iommu else "q35"
     argv = ["-machine", machine]
     if plan.guest_iommu:
         argv += ["-device", device_arg(GUEST_IOMMU)]
     for controller in plan.topology.controllers:
         argv += ["-device", device_arg(controller_device(controller))]
-    for name in plan.iommufd_objects:
+    for name in plan.iommufd_objects if device is None else ():
         argv += ["-object", f"iommufd,id={name}"]
-    for device in plan.in_bucket(Bucket.COLD_VFIO):
-        for qemu in device.qemu_devices:
-            argv += ["-device", device_arg(qemu)]
+    for planned in plan.in_bucket(Bucket.COLD_VFIO):
+        for qemu in planned.qemu_devices:
+            argv += ["-device", device_arg(device(qemu) if device else qemu)]
     return argv

@@ -42,11 +42,7 @@ def _children(plan: Plan) -> dict[str, list[tuple[str, str]]]:
 
 
 def _function_path(device: DevicePlan, qemu: QemuDevice) -> str:
-    for option in device.agent.options if device.agent else ():
-        host, _, path = option.partition("=")
-        if host == dict(qemu.props).get("host"):
-            return path
-    return ""
+    return next((str(f.guest_path) for f in device.functions if f.qemu.id == qemu.id), "")
 
 
 def _controller_label(controller: Controller) -> str:

@@ -1,0 +1,120 @@
+"""The hot-plug sequencer: which QMP steps plug, unplug and roll back the hot devices.
+
+Pure: it decides, :mod:`podplug.vm.hotplug` carries the steps out. Rules:
+
+* A volume is ``blockdev-add`` then ``device_add``; a VFIO slot is functions 1-7 first and
+  function 0 last (QEMU announces the slot when function 0 arrives; anchors §1.5).
+* Every ``device_add`` on a PCI bus names the guest PCI path the plan predicts, so the shell
+  can read the real one back (QOM ``addr``/``parent_bus``) and refuse a mismatch.
+* Unplug is the reverse: ``device_del`` of function 0 ejects the whole slot (each function
+  reports its own ``DEVICE_DELETED``), then ``blockdev-del``.
+* Rollback of a failed batch undoes exactly the steps that succeeded, newest first, so no
+  device is left half-plugged and no ``blockdev`` node leaks (DESIGN rule 7).
+* A loop device may be replaced by its backing file as the drive (``file`` driver instead of
+  ``host_device``), which needs no root-only loop set-up; the plan itself stays on the
+  host node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from podplug.model.enums import Bucket
+from podplug.model.host import HostInventory
+from podplug.model.pci import GuestPciPath
+from podplug.plan.model import BlockdevNode, DevicePlan, Plan, QemuDevice
+
+
+class StepKind(Enum):
+    BLOCKDEV_ADD = "blockdev-add"
+    DEVICE_ADD = "device_add"
+    DEVICE_DEL = "device_del"
+    BLOCKDEV_DEL = "blockdev-del"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One QMP command of a hot-plug sequence, with what it is about."""
+
+    kind: StepKind
+    subject: str  # QEMU device id or block node name
+    container_path: str
+    arguments: dict[str, object] = field(compare=False, hash=False)
+    expect_path: GuestPciPath | None = None  # where the guest must find a PCI device_add
+    also_removes: tuple[str, ...] = ()  # device_del of function 0: the slot's other ids
+
+
+def backing_drive(node: BlockdevNode, inventory: HostInventory) -> BlockdevNode:
+    """Use a loop device's backing file as the drive (``/sys/block/loopN/loop/backing_file``)."""
+    for block in inventory.block_nodes.values():
+        if block.dev_path == node.filename and block.loop_backing_file:
+            return replace(node, file_driver="file", filename=block.loop_backing_file)
+    return node
+
+
+def _device_add(qemu: QemuDevice, path: GuestPciPath | None, container_path: str) -> Step:
+    arguments: dict[str, object] = {"driver": qemu.driver, **dict(qemu.props)}
+    expect = path if "addr" in dict(qemu.props) else None
+    return Step(StepKind.DEVICE_ADD, qemu.id, container_path, arguments, expect)
+
+
+def hot_devices(plan: Plan) -> tuple[DevicePlan, ...]:
+    """The devices hot-plugged after boot, in the container's device order."""
+    return tuple(d for d in plan.container_devices
+                 if d.bucket in (Bucket.HOT_VFIO, Bucket.HOT_BLOCK))
+
+
+def plug_steps(
+    devices: Sequence[DevicePlan],
+    *,
+    device: Callable[[QemuDevice], QemuDevice] = lambda q: q,
+    drive: Callable[[BlockdevNode], BlockdevNode] = lambda n: n,
+) -> tuple[Step, ...]:
+    """The steps that plug ``devices``; ``device``/``drive`` map what is plugged (stand-ins,
+    backing files) without changing where."""
+    steps: list[Step] = []
+    for planned in devices:
+        path = planned.request.path
+        if planned.blockdev is not None:
+            node = drive(planned.blockdev)
+            steps.append(Step(StepKind.BLOCKDEV_ADD, node.node_name, path, node.arguments()))
+        paths = {f.qemu.id: f.guest_path for f in planned.functions}
+        for qemu in planned.plug_order:
+            expect = paths.get(qemu.id) or (planned.guest_paths[0] if planned.guest_paths
+                                            else None)
+            steps.append(_device_add(device(qemu), expect, path))
+    return tuple(steps)
+
+
+def undo(done: Sequence[Step]) -> tuple[Step, ...]:
+    """Roll back the successful steps ``done``, newest first."""
+    steps: list[Step] = []
+    for step in reversed(done):
+        if step.kind is StepKind.DEVICE_ADD:
+            steps.append(Step(StepKind.DEVICE_DEL, step.subject, step.container_path,
+                              {"id": step.subject}))
+        elif step.kind is StepKind.BLOCKDEV_ADD:
+            steps.append(Step(StepKind.BLOCKDEV_DEL, step.subject, step.container_path,
+                              {"node-name": step.subject}))
+    return tuple(steps)
+
+
+def unplug_steps(devices: Sequence[DevicePlan]) -> tuple[Step, ...]:
+    """Teardown of ``devices``, last plugged first: one ``device_del`` per slot (function
+    0), then the block node."""
+    steps: list[Step] = []
+    for planned in reversed(devices):
+        path = planned.request.path
+        slots: dict[str, list[str]] = {}
+        for qemu in planned.qemu_devices:
+            addr = str(dict(qemu.props).get("addr", ""))
+            slots.setdefault(f"{qemu.bus}@{addr.split('.')[0]}", []).append(qemu.id)
+        for ids in slots.values():
+            steps.append(Step(StepKind.DEVICE_DEL, ids[0], path, {"id": ids[0]},
+                              also_removes=tuple(ids[1:])))
+        if planned.blockdev is not None:
+            name = planned.blockdev.node_name
+            steps.append(Step(StepKind.BLOCKDEV_DEL, name, path, {"node-name": name}))
+    return tuple(steps)

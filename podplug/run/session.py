@@ -1,0 +1,204 @@
+"""``podplug run``: the single wiring point that carries a plan out and proves it.
+
+plan -> guest image -> accelerator -> boot QEMU with the planned topology and cold-plugged
+devices -> guest agent ready -> read back where QEMU put the cold devices -> hot-plug the
+rest (rolled back as a batch on failure) -> prove each device in the guest -> unplug ->
+shut down -> report. Every process, socket and temporary directory is gone on every exit
+path (the VM's own lifecycle guarantees it; this module owns one temporary directory).
+
+Where this machine cannot be real, the substitute is announced: without a host IOMMU the
+VFIO functions are emulated stand-ins (:mod:`podplug.plan.standin`) on the planned ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from podplug.errors import PodplugError
+from podplug.guest.agent_client import AgentClient
+from podplug.guest.image import GuestImage, build_image
+from podplug.inputs.load import Inputs
+from podplug.model.enums import Bucket
+from podplug.plan.model import DevicePlan, Plan
+from podplug.plan.plan import plan as make_plan
+from podplug.plan.sequence import backing_drive, hot_devices, plug_steps, unplug_steps
+from podplug.plan.standin import STANDIN_VENDOR_DEVICE, stand_in
+from podplug.render.argv import render_argv
+from podplug.run.report import DeviceRow, RunReport
+from podplug.run.verify import GuestProver
+from podplug.vm.hotplug import StepResult, carry, carry_batch
+from podplug.vm.process import Accel, Vm, choose_accel, probe_kvm
+from podplug.vm.qompath import read_placement
+
+AGENT_PORT = "podplug.agent"
+CONTAINER_DIR = "/run/podplug/ctr"
+
+
+class HotplugMode(Enum):
+    """How the guest learns of hot-plugged devices. Never SHPC (Kata #2174)."""
+
+    ACPI = "acpi"  # q35 default since QEMU 6.1: ~0.09 s add and unplug here
+    NATIVE = "native"  # PCIe native (pciehp): unplug waits Linux's 5 s abort window
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    accel: Accel = Accel.AUTO
+    emulate_vfio: bool | None = None  # None: emulate when the host has no IOMMU
+    hotplug: HotplugMode = HotplugMode.ACPI
+    keep_running: bool = False
+    cache_dir: Path | None = None
+    memory_mib: int = 512
+    progress: Callable[[str], None] = field(default=lambda _: None, compare=False)
+
+
+def guest_argv(plan: Plan, image: GuestImage, sock: Path, *, emulate: bool,
+               hotplug: HotplugMode, memory_mib: int, accel: Accel) -> list[str]:
+    """The QEMU arguments after the ones :class:`Vm` adds (pure)."""
+    append = image.cmdline + (" intel_iommu=on" if plan.guest_iommu else "")
+    argv = [
+        "-cpu", "host" if accel is Accel.KVM else "max", "-smp", "1", "-m", str(memory_mib),
+        "-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", append,
+        *render_argv(plan, stand_in if emulate else None),
+        "-device", "virtio-serial-pci,id=vser0,bus=pcie.0,addr=01.0",
+        "-chardev", f"socket,id=agentch,path={sock},server=on,wait=off",
+        "-device", f"virtserialport,bus=vser0.0,chardev=agentch,name={AGENT_PORT}",
+    ]  # fmt: skip
+    if hotplug is HotplugMode.NATIVE:
+        argv += ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"]
+    return argv
+
+
+def decide_emulation(requested: bool | None, sysfs_root: str,
+                     host_has_iommu: bool) -> tuple[bool, str]:
+    """Whether VFIO functions are emulated stand-ins, and why (pure).
+
+    Real assignment needs the real ``/sys`` and a host IOMMU; a fake sysfs tree (tests, the
+    demo) or a host without IOMMU groups always gets stand-ins unless asked otherwise.
+    """
+    if requested is not None:
+        return requested, "--emulate-vfio" if requested else "--no-emulate-vfio"
+    if str(Path(sysfs_root)) != "/sys":
+        return True, f"--sysfs {sysfs_root} is not the real /sys"
+    if not host_has_iommu:
+        return True, "no host IOMMU (/sys/kernel/iommu_groups is empty)"
+    return False, "host IOMMU present"
+
+
+def _real_host_has_iommu() -> bool:
+    groups = Path("/sys/kernel/iommu_groups")
+    return groups.is_dir() and any(groups.iterdir())
+
+
+class _Clock:
+    def __init__(self, progress: Callable[[str], None]) -> None:
+        self.start = time.monotonic()
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    def say(self, text: str) -> None:
+        self.progress(f"[{time.monotonic() - self.start:6.2f}s] {text}")
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        yield
+        self.timings[name] = time.monotonic() - started
+
+
+def run(inputs: Inputs, options: RunOptions) -> RunReport:
+    """Plan, boot, plug, prove, unplug; one report row per requested device.
+
+    :raises PodplugError: when the run cannot go on (bad plan, image, QEMU, agent); a
+        device that merely fails its check is a FAIL row, not an exception.
+    """
+    clock = _Clock(options.progress)
+    plan = make_plan(inputs.config, inputs.request, inputs.inventory)
+    has_vfio = any(d.functions for d in plan.devices)
+    emulate, why_emulate = decide_emulation(options.emulate_vfio, inputs.inventory.sysfs_root,
+                                            _real_host_has_iommu())
+    notes: list[str] = []
+    if has_vfio and emulate:
+        notes.append(f"VFIO EMULATED ({why_emulate}): each VFIO function is an emulated nvme "
+                     f"stand-in ({STANDIN_VENDOR_DEVICE}, serial = host BDF) on its planned "
+                     "port; everything guest-side is real")
+    elif has_vfio:
+        notes.append("VFIO: real host devices passed with vfio-pci")
+    for note in notes:
+        clock.say(note)
+    clock.say("guest image: building or loading from cache")
+    with clock.phase("image"):
+        image = build_image(options.cache_dir)
+    accel, why = choose_accel(options.accel, probe_kvm)
+    notes.append(f"accelerator {accel.value}: {why}")
+    clock.say(f"accelerator {accel.value} ({why})")
+    with tempfile.TemporaryDirectory(prefix="podplug-run-") as tmp:
+        sock = Path(tmp) / "agent.sock"
+        argv = guest_argv(plan, image, sock, emulate=emulate, hotplug=options.hotplug,
+                          memory_mib=options.memory_mib, accel=accel)
+        clock.say("booting VM")
+        with clock.phase("launch"), Vm(argv, accel=accel, tmp_parent=tmp) as vm:
+            rows = _run_in_vm(vm, plan, inputs, options, clock, sock, emulate)
+    clock.say("VM stopped, temporary files removed")
+    return RunReport(tuple(rows), accel.value, emulate and has_vfio, tuple(notes),
+                     clock.timings)
+
+
+def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _Clock,
+               sock: Path, emulate: bool) -> list[DeviceRow]:
+    with contextlib.closing(AgentClient.connect(sock)) as agent:
+        with clock.phase("boot"):
+            agent.wait_ready(60.0)
+        clock.say(f"guest agent ready ({clock.timings['boot']:.2f} s after QMP)")
+        actual: dict[str, str] = {}
+        for device in plan.in_bucket(Bucket.COLD_VFIO):
+            for function in device.functions:
+                actual[function.qemu.id] = str(read_placement(vm.qmp, function.qemu.id).path)
+        hot = hot_devices(plan)
+        steps = plug_steps(hot, device=stand_in if emulate else (lambda q: q),
+                           drive=lambda n: backing_drive(n, inputs.inventory))
+        clock.say(f"hot-plugging {len(hot)} device(s): {len(steps)} QMP steps")
+        with clock.phase("hotplug"):
+            results: list[StepResult] = carry_batch(vm, steps)
+        for result in results:
+            if result.actual_path is not None:
+                actual[result.step.subject] = str(result.actual_path)
+        prover = GuestProver(agent, plan, CONTAINER_DIR, emulate)
+        rows = []
+        with clock.phase("verify"):
+            for device in _report_order(plan):
+                started = time.monotonic()
+                row = prover.prove(device, actual)
+                rows.append(_timed(row, time.monotonic() - started, results, device))
+                clock.say(f"{'OK  ' if row.usable else 'FAIL'} {device.request.path}: "
+                          f"{row.check or row.error}")
+        if options.keep_running:
+            clock.say(f"keeping the VM running (QMP in {vm.workdir}); Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                while vm.alive:
+                    time.sleep(1.0)
+        with clock.phase("unplug"):
+            for step in unplug_steps(hot):
+                try:
+                    carry(vm, step)
+                except PodplugError as exc:
+                    clock.say(f"unplug {step.subject} failed: {exc}")
+                    raise
+        clock.say(f"unplugged {len(hot)} device(s)")
+    return rows
+
+
+def _report_order(plan: Plan) -> list[DevicePlan]:
+    return list(plan.container_devices) + list(plan.in_bucket(Bucket.REJECTED))
+
+
+def _timed(row: DeviceRow, seconds: float, results: list[StepResult],
+           device: DevicePlan) -> DeviceRow:
+    plugged = sum(r.seconds for r in results if r.step.container_path == device.request.path)
+    return DeviceRow(**{**row.__dict__, "seconds": seconds + plugged})
