@@ -1,0 +1,536 @@
+#!/bin/sh
+# podplug guest agent -- busybox sh; also the initramfs /init.
+#
+# As PID 1 it mounts proc, sysfs, devtmpfs and two tmpfs, loads the "boot" group of
+# /etc/podplug/modules (lines "GROUP FILE NAME" in load order, with insmod; the "vfio" and
+# "fs" groups are loaded on the first vfio-bind / fs-check), finds the virtio-serial port whose
+# /sys/class/virtio-ports/*/name is "podplug.agent" (there is no udev, so no
+# /dev/virtio-ports/ links) and serves the protocol below on it.  The port is opened once and
+# never closed: Linux drops host data that arrives while the port is closed.
+#
+# PROTOCOL (version 1).  One request per line, UTF-8/ASCII, fields separated by spaces:
+#
+#     ID VERB [ARG]...
+#
+#   ID    1-32 characters of [A-Za-z0-9._-], chosen by the host and echoed on every reply line.
+#   VERB  one of the named verbs below; there is no "run a shell command" verb.
+#   ARG   no whitespace inside an argument.
+#
+# Reply: zero or more data lines, then exactly one final line:
+#
+#     ID - TEXT               data line
+#     ID OK [PAYLOAD]         success (the final line)
+#     ID ERR CODE MESSAGE     failure (the final line)
+#
+#   CODE is one of: malformed unknown-verb usage invalid not-found timeout no-iommu failed
+#   internal.  A line whose ID is unusable is answered with the ID "?".  Blank lines are
+#   ignored.  The agent never exits on bad input; it keeps serving.  The waiting verbs
+#   (wait-pci, blk-of-pci, blk-of-scsi) answer "ERR timeout" when their TIMEOUT_MS (> 0)
+#   runs out, "ERR not-found" when it is 0 or the path can never resolve.
+#
+# Verbs (MS = milliseconds, PATH = Kata guest PCI path such as 02/00 or 03/00/01/00: one
+# hex slot per bus level, starting on root bus 0000:00, an optional .F selects a function):
+#
+#   ping                                    OK pong version=1 kernel=KREL uptime=SECONDS
+#   help                                    "- VERB ARGS" lines; OK COUNT
+#   lspci                                   "- BDF VVVV:DDDD CLASS DRIVER SYSFS_PATH" lines
+#                                           (DRIVER "-" when unbound, SYSFS_PATH below
+#                                           /sys/devices/); OK COUNT
+#   wait-pci PATH TIMEOUT_MS                OK BDF...   (root-to-device chain; last = device)
+#   blk-of-pci PATH [TIMEOUT_MS]            OK NAME...  (whole-disk block nodes below it)
+#   blk-of-scsi ADDR [TIMEOUT_MS]           OK NAME...  (ADDR = H:C:T:L or Kata's TARGET:LUN)
+#   mknod DIR CPATH TYPE MAJOR MINOR MODE   OK path=DIR/CPATH type=b|c devnum=MAJ:MIN mode=OCT
+#                                           (DIR under /run/podplug/, CPATH absolute,
+#                                           TYPE b or c, MODE octal; guest numbers)
+#   devnum NAME                             OK devnum=MAJ:MIN type=b|c
+#                                           (NAME: /abs/node, a /dev name, or a sysfs
+#                                           block/char class device name)
+#   rw NODE                                 block: OK type=b read=4096 md5=HEX write=ok
+#                                           offset=N restored=ok (direct I/O; the 4 KiB
+#                                           block at N is saved, overwritten with a marker,
+#                                           read back and restored; write=ro on a read-only
+#                                           device); char: OK type=c read=N|error md5=HEX
+#                                           (read only, bounded to 2 s)
+#   vfio-bind BDF                           OK group=G dev=/dev/vfio/G devnum=MAJ:MIN
+#                                           driver=vfio-pci previous=DRIVER|-
+#   fs-check NODE                           OK fs=ext2|ext4 write=ok readback=ok
+#                                           DESTRUCTIVE: mkfs (busybox mke2fs makes ext2
+#                                           when there is no mkfs.ext4), mount, write a
+#                                           file, unmount, remount, read it back, unmount.
+
+PATH=/sbin:/bin:/usr/sbin:/usr/bin
+export PATH
+AGENT_VERSION=1
+PORT_NAME=podplug.agent
+MODDIR=/lib/modules/podplug
+CR=$(printf '\r')
+NL='
+'
+
+log() { echo "podplug-agent: $*" >/dev/console 2>/dev/null || echo "podplug-agent: $*" >&2; }
+
+# ---------------------------------------------------------------- handler helpers
+# Handlers run in a subshell and print "- TEXT" data lines, then call ok or fail (which exit
+# that subshell).
+
+data() { printf '%s %s\n' - "$*"; }
+ok() { printf 'OK %s\n' "$*"; exit 0; }
+fail() { printf 'ERR %s\n' "$*"; exit 0; }
+usage() { fail usage "$1"; }
+
+# getf FILE: V = first line of FILE (sysfs files may lack a trailing newline)
+getf() { V=; IFS= read -r V <"$1" 2>/dev/null || [ -n "$V" ]; }
+
+# now_cs: NOW = uptime in centiseconds (no fork)
+now_cs() { read -r _u _r </proc/uptime; NOW=$(( ${_u%.*} * 100 + 1${_u#*.} - 100 )); }
+
+is_uint() { case $1 in ''|*[!0-9]*) return 1;; esac; [ ${#1} -le 9 ]; }
+
+check_timeout() { is_uint "$1" || fail invalid "timeout '$1' is not a number of milliseconds"; }
+
+check_bdf() {
+    case $1 in
+        [0-9a-f][0-9a-f][0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-9a-f][0-9a-f].[0-7]) ;;
+        *) fail invalid "not a PCI address DDDD:BB:DD.F: $1" ;;
+    esac
+}
+
+# check_abs NAME VALUE: an absolute path of safe characters without . or .. components
+check_abs() {
+    case $2 in
+        /*) ;;
+        *) fail invalid "$1 must be an absolute path" ;;
+    esac
+    case $2 in
+        *[!A-Za-z0-9._/:+-]*) fail invalid "$1 has characters outside [A-Za-z0-9._/:+-]" ;;
+        */../*|*/..|*/./*|*/.) fail invalid "$1 must not contain . or .. components" ;;
+    esac
+}
+
+# check_path PATH: sets P (lower-case) after validating the Kata PCI path syntax
+check_path() {
+    local _old _el
+    P=$(echo "$1" | tr A-F a-f)
+    case $P in
+        ''|/*|*/|*//*|*[!0-9a-f/.]*) fail invalid "not a guest PCI path (like 02/00): $1" ;;
+    esac
+    _old=$IFS; IFS=/; set -- $P; IFS=$_old
+    [ $# -le 16 ] || fail invalid "PCI path too deep: $1"
+    for _el; do
+        case $_el in
+            [0-9a-f][0-9a-f]|[0-9a-f][0-9a-f].[0-7]) ;;
+            *) fail invalid "bad PCI path element '$_el' (want a hex slot like 02 or 02.1)" ;;
+        esac
+        [ $((0x${_el%.*})) -le 31 ] || fail invalid "PCI slot out of range (00-1f): $_el"
+    done
+}
+
+# resolve_path P: on success R = BDF chain, D = sysfs dir of the device; otherwise returns 1
+# with W = what is missing and E = "absent" (may still appear) or "notbridge" (never will)
+resolve_path() {
+    local _bus _old _n _i _el _fn _bdf _sec _s
+    _bus=0000:00; R=; D=; E=absent
+    _old=$IFS; IFS=/; set -- $1; IFS=$_old
+    _n=$#; _i=0
+    for _el; do
+        _i=$((_i + 1))
+        _fn=0
+        case $_el in *.*) _fn=${_el#*.} ;; esac
+        _bdf=$_bus:${_el%.*}.$_fn
+        if [ ! -d "/sys/bus/pci/devices/$_bdf" ]; then W="$_bdf not present"; return 1; fi
+        R="$R $_bdf"
+        if [ $_i -lt $_n ]; then
+            _sec=
+            for _s in "/sys/bus/pci/devices/$_bdf/pci_bus/"*; do
+                [ -e "$_s" ] && _sec=${_s##*/}
+            done
+            if [ -z "$_sec" ]; then W="$_bdf is not a bridge"; E=notbridge; return 1; fi
+            _bus=$_sec
+        fi
+    done
+    R=${R# }
+    D=/sys/bus/pci/devices/$_bdf
+}
+
+# wait_path P MS: resolve with polling (one PCI rescan, as the Kata agent does)
+wait_path() {
+    local _deadline _rescanned
+    now_cs; _deadline=$((NOW + ($2 + 9) / 10)); _rescanned=
+    while :; do
+        resolve_path "$1" && return 0
+        [ "$E" = notbridge ] && fail not-found "$1: $W"
+        if [ -z "$_rescanned" ]; then
+            echo 1 >/sys/bus/pci/rescan 2>/dev/null
+            _rescanned=1
+            continue
+        fi
+        now_cs
+        [ "$NOW" -ge "$_deadline" ] && fail timeout "$1: $W after $2 ms"
+        sleep 0.02
+    done
+}
+
+# load_group GROUP: insmod the group's modules (/etc/podplug/modules lines "GROUP FILE NAME",
+# in load order) that are not loaded yet; returns 1 if one failed
+load_group() {
+    local grp file name failed=
+    while read -r grp file name; do
+        [ "$grp" = "$1" ] || continue
+        [ -d "/sys/module/$name" ] && continue
+        insmod "$MODDIR/$file" || failed="$failed $file"
+    done </etc/podplug/modules
+    [ -z "$failed" ]
+}
+
+# stat_node NODE: T = b|c, MAJ, MIN, MODE (octal permission bits)
+stat_node() {
+    local _st
+    if [ -b "$1" ]; then T=b; elif [ -c "$1" ]; then T=c; else return 1; fi
+    _st=$(stat -c '%t %T %a' "$1") || return 1
+    set -- $_st
+    MAJ=$((0x$1)); MIN=$((0x$2)); MODE=$3
+}
+
+# ---------------------------------------------------------------- verbs
+
+v_ping() {
+    [ $# -eq 0 ] || usage "ping takes no arguments"
+    read -r _u _r </proc/uptime
+    ok "pong version=$AGENT_VERSION kernel=$KREL uptime=$_u"
+}
+
+v_help() {
+    data "ping"
+    data "help"
+    data "lspci"
+    data "wait-pci PATH TIMEOUT_MS"
+    data "blk-of-pci PATH [TIMEOUT_MS]"
+    data "blk-of-scsi H:C:T:L|TARGET:LUN [TIMEOUT_MS]"
+    data "mknod DIR CONTAINER_PATH b|c MAJOR MINOR MODE"
+    data "devnum NAME"
+    data "rw NODE"
+    data "vfio-bind BDF"
+    data "fs-check NODE"
+    ok 11
+}
+
+v_lspci() {
+    [ $# -eq 0 ] || usage "lspci takes no arguments"
+    _n=0
+    for _d in /sys/bus/pci/devices/*; do
+        [ -e "$_d" ] || continue
+        getf "$_d/vendor"; _ven=${V#0x}
+        getf "$_d/device"; _dev=${V#0x}
+        getf "$_d/class"; _cls=${V#0x}
+        _drv=-
+        if [ -e "$_d/driver" ]; then _l=$(readlink "$_d/driver"); _drv=${_l##*/}; fi
+        _p=$(readlink -f "$_d"); _p=${_p#/sys/devices/}
+        data "${_d##*/} $_ven:$_dev $_cls $_drv $_p"
+        _n=$((_n + 1))
+    done
+    ok "$_n"
+}
+
+v_wait_pci() {
+    [ $# -eq 2 ] || usage "wait-pci PATH TIMEOUT_MS"
+    check_path "$1"; check_timeout "$2"
+    wait_path "$P" "$2"
+    ok "$R"
+}
+
+# disks_below SYSFS_DIR: B = whole-disk block names whose sysfs path is below the directory
+disks_below() {
+    local _real _b _r
+    _real=$(readlink -f "$1"); B=
+    for _b in /sys/class/block/*; do
+        [ -e "$_b" ] || continue
+        [ -e "$_b/partition" ] && continue
+        _r=$(readlink -f "$_b")
+        case $_r in "$_real"/*) B="$B ${_b##*/}" ;; esac
+    done
+    B=${B# }
+}
+
+v_blk_of_pci() {
+    [ $# -eq 1 ] || [ $# -eq 2 ] || usage "blk-of-pci PATH [TIMEOUT_MS]"
+    check_path "$1"; _ms=${2:-0}; check_timeout "$_ms"
+    now_cs; _deadline=$((NOW + (_ms + 9) / 10))
+    wait_path "$P" "$_ms"
+    while :; do
+        disks_below "$D"
+        [ -n "$B" ] && ok "$B"
+        now_cs
+        if [ "$NOW" -ge "$_deadline" ]; then
+            [ "$_ms" -gt 0 ] && fail timeout "no block device below ${R##* } ($1) after $_ms ms"
+            fail not-found "no block device below ${R##* } ($1)"
+        fi
+        sleep 0.02
+    done
+}
+
+v_blk_of_scsi() {
+    [ $# -eq 1 ] || [ $# -eq 2 ] || usage "blk-of-scsi H:C:T:L|TARGET:LUN [TIMEOUT_MS]"
+    _ms=${2:-0}; check_timeout "$_ms"
+    _old=$IFS; IFS=:; set -- $1; IFS=$_old
+    for _x; do is_uint "$_x" || fail invalid "SCSI address parts must be numbers"; done
+    case $# in
+        2) _pat="*:0:$1:$2"; _scan="0 $1 $2"; _hosts="/sys/class/scsi_host/host*" ;;
+        4) _pat="$1:$2:$3:$4"; _scan="$2 $3 $4"; _hosts="/sys/class/scsi_host/host$1" ;;
+        *) fail invalid "SCSI address must be H:C:T:L or TARGET:LUN" ;;
+    esac
+    now_cs; _deadline=$((NOW + (_ms + 9) / 10)); _scanned=
+    while :; do
+        B=
+        for _b in /sys/bus/scsi/devices/$_pat/block/*; do
+            [ -e "$_b" ] && B="$B ${_b##*/}"
+        done
+        [ -n "$B" ] && ok "${B# }"
+        if [ -z "$_scanned" ]; then
+            for _h in $_hosts; do [ -e "$_h/scan" ] && echo "$_scan" >"$_h/scan" 2>/dev/null; done
+            _scanned=1
+            continue
+        fi
+        now_cs
+        if [ "$NOW" -ge "$_deadline" ]; then
+            [ "$_ms" -gt 0 ] && fail timeout "no SCSI disk at $_pat after $_ms ms"
+            fail not-found "no SCSI disk at $_pat"
+        fi
+        sleep 0.02
+    done
+}
+
+v_mknod() {
+    [ $# -eq 6 ] || usage "mknod DIR CONTAINER_PATH b|c MAJOR MINOR MODE"
+    check_abs DIR "$1"; check_abs CONTAINER_PATH "$2"
+    case $1 in /run/podplug/?*) ;; *) fail invalid "DIR must be below /run/podplug/" ;; esac
+    case $3 in b|c) ;; *) fail invalid "TYPE must be b or c" ;; esac
+    is_uint "$4" && [ "$4" -lt 4096 ] || fail invalid "MAJOR must be 0..4095"
+    is_uint "$5" && [ "$5" -lt 1048576 ] || fail invalid "MINOR must be 0..1048575"
+    case $6 in [0-7][0-7][0-7]|[0-7][0-7][0-7][0-7]) ;; *) fail invalid "MODE must be octal" ;; esac
+    _node=${1%/}$2
+    mkdir -p "${_node%/*}" || fail failed "cannot create ${_node%/*}"
+    rm -f "$_node"
+    mknod -m "$6" "$_node" "$3" "$4" "$5" || fail failed "mknod $_node failed"
+    stat_node "$_node" || fail failed "$_node is not a device node after mknod"
+    ok "path=$_node type=$T devnum=$MAJ:$MIN mode=$MODE"
+}
+
+v_devnum() {
+    [ $# -eq 1 ] || usage "devnum NAME"
+    case $1 in
+        /*) check_abs NAME "$1"
+            stat_node "$1" || fail not-found "$1 is not a device node"
+            ok "devnum=$MAJ:$MIN type=$T" ;;
+        *[!A-Za-z0-9._:/+-]*|*..*) fail invalid "bad device name: $1" ;;
+    esac
+    if [ -e "/sys/class/block/$1/dev" ]; then getf "/sys/class/block/$1/dev"; ok "devnum=$V type=b"; fi
+    if stat_node "/dev/$1"; then ok "devnum=$MAJ:$MIN type=$T"; fi
+    for _c in /sys/class/*/"$1"/dev; do
+        [ -e "$_c" ] && { getf "$_c"; ok "devnum=$V type=c"; }
+    done
+    fail not-found "no device called $1"
+}
+
+v_rw() {
+    [ $# -eq 1 ] || usage "rw NODE"
+    check_abs NODE "$1"
+    _t=$(mktemp -d /tmp/rw.XXXXXX) || fail failed "mktemp"
+    trap 'rm -rf "$_t"' EXIT
+    if [ -c "$1" ]; then
+        if timeout 2 dd if="$1" of="$_t/head" bs=4096 count=1 2>/dev/null; then
+            _n=$(wc -c <"$_t/head"); _sum=$(md5sum <"$_t/head"); ok "type=c read=$_n md5=${_sum%% *}"
+        fi
+        ok "type=c read=error"
+    fi
+    [ -b "$1" ] || fail not-found "$1 is not a block or character device node"
+    dd if="$1" of="$_t/head" bs=4096 count=1 iflag=direct 2>/dev/null || fail failed "cannot read $1"
+    _n=$(wc -c <"$_t/head"); _sum=$(md5sum <"$_t/head"); _sum=${_sum%% *}
+    [ "$(blockdev --getro "$1")" = 0 ] || ok "type=b read=$_n md5=$_sum write=ro"
+    _size=$(blockdev --getsize64 "$1") || fail failed "cannot size $1"
+    _blk=$((_size / 2 / 4096))
+    [ "$_blk" -gt 0 ] || fail failed "$1 is too small ($_size bytes)"
+    dd if="$1" of="$_t/orig" bs=4096 count=1 skip="$_blk" iflag=direct 2>/dev/null \
+        || fail failed "cannot read $1 at block $_blk"
+    now_cs
+    echo "podplug-rw-marker $$ $NOW" | dd of="$_t/mark" bs=4096 count=1 conv=sync 2>/dev/null
+    dd if="$_t/mark" of="$1" bs=4096 count=1 seek="$_blk" oflag=direct conv=notrunc,fsync \
+        2>/dev/null || fail failed "cannot write $1 at block $_blk"
+    dd if="$1" of="$_t/back" bs=4096 count=1 skip="$_blk" iflag=direct 2>/dev/null \
+        || fail failed "cannot read back $1 at block $_blk"
+    cmp -s "$_t/mark" "$_t/back"; _match=$?
+    dd if="$_t/orig" of="$1" bs=4096 count=1 seek="$_blk" oflag=direct conv=notrunc,fsync \
+        2>/dev/null || fail failed "cannot restore $1 at block $_blk"
+    [ "$_match" = 0 ] || fail failed "marker read back from $1 at block $_blk differs"
+    ok "type=b read=$_n md5=$_sum write=ok offset=$((_blk * 4096)) restored=ok"
+}
+
+v_vfio_bind() {
+    [ $# -eq 1 ] || usage "vfio-bind BDF"
+    check_bdf "$1"
+    _d=/sys/bus/pci/devices/$1
+    [ -d "$_d" ] || fail not-found "no PCI device $1"
+    [ -e "$_d/iommu_group" ] || fail no-iommu "$1 has no IOMMU group (boot with a vIOMMU and intel_iommu=on)"
+    _g=$(readlink "$_d/iommu_group"); _g=${_g##*/}
+    load_group vfio || fail failed "cannot load the vfio modules"
+    [ -d /sys/bus/pci/drivers/vfio-pci ] || fail failed "vfio-pci driver not loaded"
+    _prev=-
+    if [ -e "$_d/driver" ]; then _l=$(readlink "$_d/driver"); _prev=${_l##*/}; fi
+    echo vfio-pci >"$_d/driver_override" || fail failed "cannot set driver_override of $1"
+    if [ "$_prev" != - ] && [ "$_prev" != vfio-pci ]; then
+        echo "$1" >"$_d/driver/unbind" || fail failed "cannot unbind $1 from $_prev"
+    fi
+    [ -e "$_d/driver" ] || echo "$1" >/sys/bus/pci/drivers_probe 2>/dev/null
+    _drv=-
+    if [ -e "$_d/driver" ]; then _l=$(readlink "$_d/driver"); _drv=${_l##*/}; fi
+    [ "$_drv" = vfio-pci ] || fail failed "$1 is bound to $_drv, not vfio-pci"
+    now_cs; _deadline=$((NOW + 300))
+    until stat_node "/dev/vfio/$_g"; do
+        now_cs
+        [ "$NOW" -ge "$_deadline" ] && fail failed "/dev/vfio/$_g did not appear within 3 s"
+        sleep 0.02
+    done
+    ok "group=$_g dev=/dev/vfio/$_g devnum=$MAJ:$MIN driver=vfio-pci previous=$_prev"
+}
+
+v_fs_check() {
+    [ $# -eq 1 ] || usage "fs-check NODE"
+    check_abs NODE "$1"
+    [ -b "$1" ] || fail not-found "$1 is not a block device node"
+    load_group fs || fail failed "cannot load the filesystem modules"
+    if command -v mkfs.ext4 >/dev/null 2>&1; then
+        _fs=ext4; mkfs.ext4 -F -q "$1" >/dev/null 2>&1 || fail failed "mkfs.ext4 $1 failed"
+    else
+        _fs=ext2; mke2fs -F "$1" >/dev/null 2>&1 || fail failed "mke2fs $1 failed"
+    fi
+    _m=$(mktemp -d /tmp/fscheck.XXXXXX) || fail failed "mktemp"
+    trap 'umount "$_m" 2>/dev/null; rmdir "$_m" 2>/dev/null' EXIT
+    mount -t "$_fs" "$1" "$_m" || fail failed "mount -t $_fs $1 failed"
+    now_cs; _word="podplug-fs-check-$$-$NOW"
+    echo "$_word" >"$_m/podplug-check" && sync || fail failed "cannot write a file on $1"
+    umount "$_m" || fail failed "umount $1 failed"
+    blockdev --flushbufs "$1" 2>/dev/null
+    mount -t "$_fs" "$1" "$_m" || fail failed "remount of $1 failed"
+    getf "$_m/podplug-check"
+    [ "$V" = "$_word" ] || fail failed "file read back from $1 differs"
+    umount "$_m" || fail failed "final umount of $1 failed"
+    ok "fs=$_fs write=ok readback=ok"
+}
+
+# ---------------------------------------------------------------- dispatcher
+
+send() { printf '%s\n' "$1" >&3; }
+
+handle_line() {
+    _line=${1%"$CR"}
+    set -f
+    set -- $_line
+    [ $# -eq 0 ] && return 0
+    _id=$1; shift
+    case $_id in
+        *[!A-Za-z0-9._-]*) send "? ERR malformed request ID must be 1-32 of [A-Za-z0-9._-]"; return 0 ;;
+    esac
+    if [ ${#_id} -gt 32 ]; then send "? ERR malformed request ID longer than 32"; return 0; fi
+    if [ $# -eq 0 ]; then send "$_id ERR malformed missing verb"; return 0; fi
+    _verb=$1; shift
+    case $_verb in
+        ping) _fn=v_ping ;;
+        help) _fn=v_help ;;
+        lspci) _fn=v_lspci ;;
+        wait-pci) _fn=v_wait_pci ;;
+        blk-of-pci) _fn=v_blk_of_pci ;;
+        blk-of-scsi) _fn=v_blk_of_scsi ;;
+        mknod) _fn=v_mknod ;;
+        devnum) _fn=v_devnum ;;
+        rw) _fn=v_rw ;;
+        vfio-bind) _fn=v_vfio_bind ;;
+        fs-check) _fn=v_fs_check ;;
+        *)
+            case $_verb in
+                *[!A-Za-z0-9._-]*) send "$_id ERR unknown-verb (unprintable verb)" ;;
+                *) send "$_id ERR unknown-verb $(printf '%.32s' "$_verb") (try help)" ;;
+            esac
+            return 0 ;;
+    esac
+    _out=$(set +f; "$_fn" "$@" 2>/tmp/agent.stderr)
+    _rc=$?
+    # split the captured lines without forking (globbing is off in this shell)
+    _final=
+    _old=$IFS; IFS=$NL
+    for _l in $_out; do
+        case $_l in
+            "- "*) send "$_id $_l" ;;
+            OK|"OK "*|"ERR "*) _final="$_id $_l" ;;
+            *) send "$_id - $_l" ;;
+        esac
+    done
+    IFS=$_old
+    if [ -z "$_final" ]; then
+        _e=; IFS= read -r _e </tmp/agent.stderr
+        _final="$_id ERR internal $_verb ended without a reply (status $_rc) $_e"
+    fi
+    send "$_final"
+}
+
+serve() {
+    exec 3<>"$1" || return 1
+    log "serving on $1"
+    _pending=
+    while :; do
+        if IFS= read -r _req <&3; then
+            handle_line "$_pending$_req"
+            _pending=
+        else
+            # EOF: no host is connected; keep any partial line and the open port.
+            _pending=$_pending$_req
+            sleep 0.05
+        fi
+    done
+}
+
+find_port() {
+    for _p in /sys/class/virtio-ports/*; do
+        [ -e "$_p/name" ] || continue
+        getf "$_p/name"
+        if [ "$V" = "$PORT_NAME" ] && [ -c "/dev/${_p##*/}" ]; then PORT=/dev/${_p##*/}; return 0; fi
+    done
+    return 1
+}
+
+boot() {
+    mkdir -p /proc /sys /dev /tmp /run
+    mount -t proc proc /proc
+    mount -t sysfs sysfs /sys
+    mount -t devtmpfs devtmpfs /dev
+    mount -t tmpfs -o mode=1777 tmpfs /tmp
+    mount -t tmpfs -o mode=0755 tmpfs /run
+    exec </dev/console >/dev/console 2>&1
+    read -r _u _r </proc/uptime
+    log "init at uptime $_u s"
+    load_group boot || log "some boot modules failed to load"
+    read -r _u _r </proc/uptime
+    log "modules loaded at uptime $_u s"
+}
+
+main() {
+    [ "$$" = 1 ] && boot
+    KREL=$(uname -r)
+    PORT=${1:-}
+    if [ -z "$PORT" ]; then
+        now_cs; _deadline=$((NOW + 2000))
+        until find_port; do
+            now_cs
+            if [ "$NOW" -ge "$_deadline" ]; then
+                log "FATAL: no virtio-serial port named $PORT_NAME"
+                [ "$$" = 1 ] && poweroff -f
+                exit 1
+            fi
+            sleep 0.02
+        done
+    fi
+    while :; do
+        serve "$PORT" || log "cannot open $PORT"
+        sleep 1
+    done
+}
+
+main "$@"

@@ -1,0 +1,247 @@
+"""The guest agent's line protocol, version 1: request formatting and reply parsing (pure).
+
+The agent (``podplug/guest/agent.sh``) listens on the virtio-serial port named
+``podplug.agent``. It offers a fixed set of named verbs; there is no verb that runs an
+arbitrary shell command.
+
+Request, one line::
+
+    ID VERB [ARG]...
+
+* ``ID``: 1-32 characters of ``[A-Za-z0-9._-]``. The host chooses it, and the agent echoes
+  it on every reply line.
+* ``ARG``: printable ASCII without whitespace.
+
+Reply: zero or more data lines, then exactly one final line::
+
+    ID - TEXT              a data line
+    ID OK [PAYLOAD]        success (final)
+    ID ERR CODE MESSAGE    failure (final)
+
+``CODE`` is one of :data:`ERROR_CODES`. A request whose ID cannot be used is answered with
+the ID ``?``. Blank lines are ignored. After any error the agent keeps serving. The waiting
+verbs (:data:`TIMEOUT_VERBS`) answer ``ERR timeout`` when their ``MS`` (> 0) runs out, and
+``ERR not-found`` when ``MS`` is 0 or the path can never resolve.
+
+Verbs. ``PATH`` is a Kata guest PCI path such as ``02/00``: one hex slot per bus level,
+starting on root bus ``0000:00``. ``MS`` is milliseconds.
+
+======================================  ===================================================
+``ping``                                ``OK pong version=1 kernel=KREL uptime=S``
+``help``                                data ``VERB ARGS`` lines; ``OK COUNT``
+``lspci``                               data ``BDF VVVV:DDDD CLASS DRIVER SYSFS_PATH`` lines;
+                                        ``OK COUNT`` (DRIVER ``-`` when unbound)
+``wait-pci PATH MS``                    ``OK BDF...``: the chain from the root bus to the
+                                        device; the last BDF is the device
+``blk-of-pci PATH [MS]``                ``OK NAME...``: whole-disk block nodes below it
+``blk-of-scsi H:C:T:L|TARGET:LUN [MS]`` ``OK NAME...``
+``mknod DIR CPATH b|c MAJ MIN MODE``    ``OK path=DIR/CPATH type=b devnum=MAJ:MIN mode=660``.
+                                        DIR is under ``/run/podplug/``, the numbers are the
+                                        guest's, and MODE is octal.
+``devnum NAME``                         ``OK devnum=MAJ:MIN type=b|c``
+``rw NODE``                             block: ``OK type=b read=4096 md5=HEX write=ok
+                                        offset=N restored=ok``; char: ``OK type=c read=N
+                                        md5=HEX`` or ``read=error``
+``vfio-bind BDF``                       ``OK group=G dev=/dev/vfio/G devnum=MAJ:MIN
+                                        driver=vfio-pci previous=DRIVER``
+``fs-check NODE``                       ``OK fs=ext2|ext4 write=ok readback=ok``. This is
+                                        destructive. busybox ``mke2fs`` makes ext2 when the
+                                        image has no ``mkfs.ext4``.
+======================================  ===================================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from podplug.errors import AgentError, HotplugTimeout, VmError
+
+PROTOCOL_VERSION = 1
+AGENT_PORT_NAME = "podplug.agent"
+UNKNOWN_ID = "?"
+
+#: verb -> (minimum, maximum) number of arguments
+VERBS: dict[str, tuple[int, int]] = {
+    "ping": (0, 0),
+    "help": (0, 0),
+    "lspci": (0, 0),
+    "wait-pci": (2, 2),
+    "blk-of-pci": (1, 2),
+    "blk-of-scsi": (1, 2),
+    "mknod": (6, 6),
+    "devnum": (1, 1),
+    "rw": (1, 1),
+    "vfio-bind": (1, 1),
+    "fs-check": (1, 1),
+}
+
+#: verbs whose second argument is a guest-side wait in milliseconds (ERR timeout when it ends)
+TIMEOUT_VERBS = {"wait-pci": "PCI device", "blk-of-pci": "block device", "blk-of-scsi": "SCSI disk"}
+
+ERROR_CODES = frozenset(
+    {
+        "malformed",
+        "unknown-verb",
+        "usage",
+        "invalid",
+        "not-found",
+        "timeout",
+        "no-iommu",
+        "failed",
+        "internal",
+    }
+)
+
+_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
+_WORD_RE = re.compile(r"[\x21-\x7e]+")
+_BDF_RE = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+
+
+def format_request(request_id: str, verb: str, *args: str) -> str:
+    """Render one request line (with its trailing newline).
+
+    The verb is only checked for syntax, not against :data:`VERBS`, so that the agent's
+    unknown-verb path can be exercised. Bad IDs or arguments are API misuse: ``ValueError``.
+    """
+    if not _ID_RE.fullmatch(request_id):
+        raise ValueError(f"request id {request_id!r} must be 1-32 of [A-Za-z0-9._-]")
+    for word in (verb, *args):
+        if not _WORD_RE.fullmatch(word):
+            raise ValueError(f"protocol word {word!r} must be printable ASCII without spaces")
+    return " ".join((request_id, verb, *args)) + "\n"
+
+
+@dataclass(frozen=True)
+class ReplyLine:
+    """One parsed reply line: a data line, or the final ``OK``/``ERR`` line."""
+
+    request_id: str
+    kind: Literal["data", "ok", "err"]
+    text: str
+
+    @property
+    def final(self) -> bool:
+        return self.kind != "data"
+
+
+def parse_reply_line(line: str) -> ReplyLine | None:
+    """Parse one line the agent sent, or return ``None`` for a line that is not protocol."""
+    line = line.rstrip("\r\n")
+    request_id, _, rest = line.partition(" ")
+    if request_id != UNKNOWN_ID and not _ID_RE.fullmatch(request_id):
+        return None
+    tag, _, text = rest.partition(" ")
+    if tag == "-":
+        return ReplyLine(request_id, "data", text)
+    if tag == "OK":
+        return ReplyLine(request_id, "ok", text)
+    if tag == "ERR":
+        return ReplyLine(request_id, "err", text)
+    return None
+
+
+@dataclass(frozen=True)
+class AgentReply:
+    """A successful reply: the ``OK`` payload and the data lines that came before it."""
+
+    request_id: str
+    verb: str
+    payload: str
+    lines: tuple[str, ...] = ()
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """The payload split into words (for example the BDF chain of ``wait-pci``)."""
+        return tuple(self.payload.split())
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """The payload's ``key=value`` words as a dict."""
+        return parse_fields(self.payload)
+
+
+def parse_fields(payload: str) -> dict[str, str]:
+    """``"a=1 b=x"`` -> ``{"a": "1", "b": "x"}``; words without ``=`` are skipped."""
+    out: dict[str, str] = {}
+    for word in payload.split():
+        key, sep, value = word.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def error_for(verb: str, args: tuple[str, ...], message: str) -> VmError:
+    """Turn an ``ERR CODE MESSAGE`` text into the exception podplug raises for it.
+
+    A ``timeout`` of a verb in :data:`TIMEOUT_VERBS` becomes :class:`HotplugTimeout` (the
+    guest waited for a device in vain); everything else is an :class:`AgentError`.
+    """
+    code, _, detail = message.partition(" ")
+    if code == "timeout" and verb in TIMEOUT_VERBS and args:
+        waited = int(args[1]) / 1000 if len(args) == 2 and args[1].isdigit() else 0.0
+        return HotplugTimeout(
+            f"guest {verb} {args[0]}", f"{TIMEOUT_VERBS[verb]} ({detail})", waited
+        )
+    return AgentError(verb, message)
+
+
+def finish(verb: str, args: tuple[str, ...], lines: list[ReplyLine]) -> AgentReply:
+    """Assemble the reply lines of one request (the last one final) into an AgentReply.
+
+    Raises the exception of :func:`error_for` when the final line is ``ERR``.
+    """
+    if not lines or not lines[-1].final:
+        raise AgentError(verb, "reply has no final OK/ERR line")
+    last = lines[-1]
+    if last.kind == "err":
+        raise error_for(verb, args, last.text)
+    data = tuple(item.text for item in lines[:-1] if item.kind == "data")
+    return AgentReply(last.request_id, verb, last.text, data)
+
+
+@dataclass(frozen=True)
+class GuestPciDevice:
+    """One ``lspci`` line: a PCI function as the guest sees it."""
+
+    bdf: str
+    vendor: int
+    device: int
+    pci_class: int
+    driver: str | None
+    sysfs_path: str
+
+    @property
+    def vendor_device(self) -> str:
+        return f"{self.vendor:04x}:{self.device:04x}"
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        """The BDFs of the bridges above this function, root first (from the sysfs path)."""
+        return tuple(p for p in self.sysfs_path.split("/")[1:-1] if _BDF_RE.fullmatch(p))
+
+
+def parse_lspci(reply: AgentReply) -> tuple[GuestPciDevice, ...]:
+    """Parse the data lines of an ``lspci`` reply."""
+    out: list[GuestPciDevice] = []
+    for line in reply.lines:
+        parts = line.split()
+        if len(parts) != 5 or not _BDF_RE.fullmatch(parts[0]) or ":" not in parts[1]:
+            raise AgentError("lspci", f"unparsable line {line!r}")
+        ven, _, dev = parts[1].partition(":")
+        try:
+            vendor, device, pci_class = int(ven, 16), int(dev, 16), int(parts[2], 16)
+        except ValueError as exc:
+            raise AgentError("lspci", f"unparsable line {line!r}") from exc
+        driver = None if parts[3] == "-" else parts[3]
+        out.append(GuestPciDevice(parts[0], vendor, device, pci_class, driver, parts[4]))
+    return tuple(out)
+
+
+def parse_devnum(text: str) -> tuple[int, int]:
+    """``"254:16"`` -> ``(254, 16)``."""
+    major, sep, minor = text.partition(":")
+    if not (sep and major.isdigit() and minor.isdigit()):
+        raise AgentError("devnum", f"not MAJOR:MINOR: {text!r}")
+    return int(major), int(minor)

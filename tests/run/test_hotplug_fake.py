@@ -1,0 +1,101 @@
+"""The hot-plug executor's error paths, against a recording fake VM (the real path is in
+test_run_vm.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import pytest
+
+from podplug.errors import QmpCommandError
+from podplug.plan.plan import plan
+from podplug.plan.sequence import hot_devices, plug_steps
+from podplug.vm import hotplug
+from podplug.vm.hotplug import BatchFailed, carry_batch
+from podplug.vm.qmp import QmpEvent
+from podplug.vm.qompath import PciHop, QomPlacement
+from tests.support import block, config, inventory, request, vfio_group
+
+
+class _Watch:
+    def __init__(self, vm: FakeVm, match: Callable[[QmpEvent], bool] | None) -> None:
+        self.vm, self.match = vm, match
+
+    def __enter__(self) -> _Watch:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        return None
+
+    def wait(self, timeout: float, subject: str = "") -> QmpEvent:
+        event = self.vm.events.pop(0)
+        assert self.match is None or self.match(event)
+        return event
+
+
+class FakeVm:
+    """Records QMP commands; fails the command named in ``fail``; emits DEVICE_DELETED."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.fail = fail
+        self.events: list[QmpEvent] = []
+        self.qmp = self
+
+    def execute(self, command: str, arguments: Mapping[str, object] | None = None,
+                timeout: float = 0) -> object:
+        args = dict(arguments or {})
+        self.sent.append((command, args))
+        if f"{command} {args.get('id', args.get('node-name'))}" == self.fail:
+            raise QmpCommandError(command, args, "GenericError", "injected")
+        if command == "device_del":
+            self.events.append(QmpEvent("DEVICE_DELETED", {"device": args["id"]}))
+        return {}
+
+    def watch(self, *names: str, match: Callable[[QmpEvent], bool] | None = None) -> _Watch:
+        return _Watch(self, match)
+
+
+def _steps():  # type: ignore[no-untyped-def]
+    p = plan(config("vfio", hot="root-port"), request(vfio_group(12), block(0)),
+             inventory(1, 2, blocks=1))
+    return plug_steps(hot_devices(p))
+
+
+def _place(path: str) -> Callable[[object, str], QomPlacement]:
+    slots = [int(s, 16) for s in path.split("/")]
+    return lambda qmp, dev: QomPlacement(tuple(PciHop("x", "y", s, 0) for s in slots))
+
+
+def test_failed_step_rolls_back_everything_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hotplug, "read_placement", lambda q, d: _place(
+        "03/00" if d.startswith("vfio") else "02/01")(q, d))
+    vm = FakeVm(fail="device_add blk0")
+    with pytest.raises(BatchFailed) as err:
+        carry_batch(vm, _steps())  # type: ignore[arg-type]
+    assert "device_add blk0" in str(err.value) and "rolled back" in str(err.value)
+    assert [(c, a.get("id", a.get("node-name"))) for c, a in vm.sent] == [
+        ("device_add", "vfio-0000-41-00-1"), ("device_add", "vfio-0000-41-00-0"),
+        ("blockdev-add", "drive-blk0"), ("device_add", "blk0"),
+        ("blockdev-del", "drive-blk0"), ("device_del", "vfio-0000-41-00-0"),
+        ("device_del", "vfio-0000-41-00-1"),
+    ]
+
+
+def test_placement_mismatch_is_an_error_and_the_device_comes_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hotplug, "read_placement", _place("05/00"))
+    vm = FakeVm()
+    with pytest.raises(BatchFailed) as err:
+        carry_batch(vm, _steps())  # type: ignore[arg-type]
+    assert "planned at guest PCI path 03/00, QEMU put it at 05/00" in str(err.value)
+    assert vm.sent[-1] == ("device_del", {"id": "vfio-0000-41-00-1"})
+
+
+def test_all_good_returns_actual_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hotplug, "read_placement", lambda q, d: _place(
+        "03/00" if d.startswith("vfio") else "02/01")(q, d))
+    results = carry_batch(FakeVm(), _steps())  # type: ignore[arg-type]
+    assert [str(r.actual_path) for r in results] == ["03/00", "03/00", "None", "02/01"]

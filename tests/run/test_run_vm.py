@@ -1,0 +1,119 @@
+"""``podplug run`` for real: QEMU under TCG boots the planned topology, devices are plugged
+and proven in the guest. VFIO functions are EMULATED stand-ins here (no host IOMMU on these
+machines); everything guest-side is real. These tests fail, never skip, when QEMU or the
+guest image cannot be had."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from podplug.cli import EXIT_UNUSABLE, main
+from podplug.host.fakesysfs import demo_host, write_fake_sysfs
+from podplug.inputs.load import load_inputs
+from podplug.run.report import RunReport
+from podplug.run.session import HotplugMode, RunOptions, run
+from podplug.vm.process import Accel
+from tests.support import REPO
+
+pytestmark = pytest.mark.vm
+
+SPEC = REPO / "podplug" / "demo" / "spec.json"
+
+
+def _config(tmp: Path, mode: str, cold: str, hot: str, driver: str, root_ports: int = 1) -> Path:
+    path = tmp / "configuration.toml"
+    path.write_text(
+        f'[hypervisor.qemu]\nmachine_type = "q35"\nblock_device_driver = "{driver}"\n'
+        f'cold_plug_vfio = "{cold}"\nhot_plug_vfio = "{hot}"\npcie_root_port = {root_ports}\n'
+        f'default_bridges = 1\n[runtime]\nvfio_mode = "{mode}"\n')
+    return path
+
+
+def _run(tmp_path: Path, mode: str, cold: str = "no-port", hot: str = "no-port",
+         driver: str = "virtio-blk", hotplug: HotplugMode = HotplugMode.ACPI) -> RunReport:
+    disk = tmp_path / "xda.img"
+    disk.write_bytes(b"\0" * (32 << 20))
+    sysfs = write_fake_sysfs(tmp_path / "sys", demo_host(str(disk)))
+    inputs = load_inputs(_config(tmp_path, mode, cold, hot, driver), SPEC, cdi_dirs=(),
+                         sysfs_root=sysfs)
+    return run(inputs, RunOptions(accel=Accel.TCG, hotplug=hotplug))
+
+
+def _assert_all_proven(report: RunReport, mode: str) -> None:
+    rows = {r.path: r for r in report.rows}
+    assert report.all_usable, [(r.path, r.error) for r in report.rows if not r.usable]
+    assert report.emulated_vfio
+    gpu, xda = rows["/dev/vfio/12"], rows["/dev/xda"]
+    assert gpu.planned_path and gpu.actual_path == gpu.planned_path
+    assert len(gpu.guest_node.split()) == 2  # both functions of the group
+    if mode == "vfio":
+        assert "bound to vfio-pci, vfio group" in gpu.check
+        assert gpu.container_node.startswith("/run/podplug/ctr/dev/vfio/")
+    else:
+        assert "guest driver nvme" in gpu.check
+    assert "round trip ok" in xda.check and xda.container_node == "/run/podplug/ctr/dev/xda"
+
+
+@pytest.mark.parametrize(("mode", "cold"), [("vfio", "root-port"), ("vfio", "switch-port"),
+                                            ("vfio", "bridge-port"),
+                                            ("guest-kernel", "root-port")])
+def test_seed_scenarios_keep_both_devices(tmp_path: Path, mode: str, cold: str) -> None:
+    _assert_all_proven(_run(tmp_path, mode, cold=cold), mode)
+
+
+@pytest.mark.parametrize(("mode", "hot", "driver", "hotplug"), [
+    ("vfio", "root-port", "virtio-scsi", HotplugMode.ACPI),
+    ("guest-kernel", "switch-port", "virtio-blk", HotplugMode.ACPI),
+    ("vfio", "bridge-port", "virtio-scsi", HotplugMode.ACPI),
+    ("guest-kernel", "root-port", "virtio-blk", HotplugMode.NATIVE),
+])
+def test_hot_plugged_vfio_each_port_and_block_driver(
+        tmp_path: Path, mode: str, hot: str, driver: str, hotplug: HotplugMode) -> None:
+    report = _run(tmp_path, mode, hot=hot, driver=driver, hotplug=hotplug)
+    _assert_all_proven(report, mode)
+    assert report.timings["unplug"] > 0  # hot devices were unplugged at DEVICE_DELETED
+
+
+def test_rejected_device_makes_run_exit_7(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    disk = tmp_path / "xda.img"
+    disk.write_bytes(b"\0" * (32 << 20))
+    sysfs = write_fake_sysfs(tmp_path / "sys", demo_host(str(disk)))
+    config = _config(tmp_path, "vfio", "no-port", "no-port", "virtio-blk")  # no VFIO port
+    code = main(["run", "--config", str(config), "--spec", str(SPEC), "--sysfs", str(sysfs),
+                 "--accel", "tcg"])
+    out = capsys.readouterr().out
+    assert code == EXIT_UNUSABLE
+    assert "FAIL /dev/vfio/12: rejected: a VFIO device needs a PCIe port" in out
+    assert "2 of 3 requested devices usable" in out
+
+
+def _qemu_children() -> set[int]:
+    me = os.getpid()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if "qemu-system" in stat and int(fields[1]) == me and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def test_demo_runs_and_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert main(["run", "--accel", "tcg"]) == 0
+    out = capsys.readouterr().out
+    assert "3 of 3 requested devices usable in the guest" in out
+    assert "VFIO EMULATED" in out
+    assert list(tmp_path.iterdir()) == []  # no temp dir, socket or image left
+    assert _qemu_children() == set()

@@ -1,0 +1,75 @@
+"""The pure hot-plug sequencer: order, predicted paths, rollback and teardown."""
+
+from __future__ import annotations
+
+from podplug.plan.plan import plan
+from podplug.plan.sequence import (
+    StepKind,
+    backing_drive,
+    hot_devices,
+    plug_steps,
+    undo,
+    unplug_steps,
+)
+from podplug.plan.standin import stand_in
+from tests.support import block, config, inventory, request, vfio_control, vfio_group
+
+
+def _hot_plan(driver: str = "virtio-blk", port: str = "root-port"):  # type: ignore[no-untyped-def]
+    return plan(config("vfio", hot=port, driver=driver),
+                request(vfio_control(), vfio_group(12), block(0)), inventory(1, 2, blocks=1))
+
+
+def test_plug_order_functions_first_then_function_zero_then_volume() -> None:
+    steps = plug_steps(hot_devices(_hot_plan()))
+    assert [(s.kind, s.subject) for s in steps] == [
+        (StepKind.DEVICE_ADD, "vfio-0000-41-00-1"),
+        (StepKind.DEVICE_ADD, "vfio-0000-41-00-0"),
+        (StepKind.BLOCKDEV_ADD, "drive-blk0"),
+        (StepKind.DEVICE_ADD, "blk0"),
+    ]
+    assert str(steps[0].expect_path) == str(steps[1].expect_path) == "03/00"
+    assert str(steps[3].expect_path) == "02/01"
+
+
+def test_scsi_lun_has_no_pci_path_to_check() -> None:
+    steps = plug_steps(hot_devices(_hot_plan("virtio-scsi")))
+    lun = steps[-1]
+    assert lun.arguments["driver"] == "scsi-hd" and lun.expect_path is None
+
+
+def test_stand_in_keeps_id_bus_addr_and_multifunction() -> None:
+    steps = plug_steps(hot_devices(_hot_plan()), device=stand_in)
+    fn0 = steps[1].arguments
+    assert fn0["driver"] == "nvme" and fn0["serial"] == "0000:41:00.0"
+    assert (fn0["id"], fn0["bus"], fn0["addr"], fn0["multifunction"]) == (
+        "vfio-0000-41-00-0", "rp0", "00.0", "on")
+    assert "host" not in fn0
+
+
+def test_backing_file_replaces_loop_device() -> None:
+    planned = _hot_plan().devices[2]
+    assert planned.blockdev is not None
+    node = backing_drive(planned.blockdev, inventory(1, 2, blocks=1))
+    assert node.arguments()["file"] == {"driver": "file", "filename": "/images/disk0.img"}
+    assert planned.blockdev.arguments()["file"] == {"driver": "host_device",
+                                                    "filename": "/dev/loop0"}
+
+
+def test_undo_reverses_only_what_was_done() -> None:
+    steps = plug_steps(hot_devices(_hot_plan()))
+    back = undo(steps[:3])
+    assert [(s.kind, s.subject) for s in back] == [
+        (StepKind.BLOCKDEV_DEL, "drive-blk0"),
+        (StepKind.DEVICE_DEL, "vfio-0000-41-00-0"),
+        (StepKind.DEVICE_DEL, "vfio-0000-41-00-1"),
+    ]
+
+
+def test_unplug_one_device_del_per_slot_then_node() -> None:
+    steps = unplug_steps(hot_devices(_hot_plan()))
+    assert [(s.kind, s.subject, s.also_removes) for s in steps] == [
+        (StepKind.DEVICE_DEL, "blk0", ()),
+        (StepKind.BLOCKDEV_DEL, "drive-blk0", ()),
+        (StepKind.DEVICE_DEL, "vfio-0000-41-00-0", ("vfio-0000-41-00-1",)),
+    ]
