@@ -92,8 +92,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import tempfile
 
     from podplug.inputs.load import load_inputs
+    from podplug.model.enums import HotplugMode
     from podplug.run.report import render_table
-    from podplug.run.session import HotplugMode, RunOptions, run
+    from podplug.run.session import RunOptions, run
     from podplug.vm.process import Accel
 
     def progress(text: str) -> None:

@@ -81,6 +81,19 @@ class AgentDeviceType(Enum):
     VFIO_PCI_GK = "vfio-pci-gk"
 
 
+class HotplugMode(Enum):
+    """How the guest learns of hot-plugged devices. Never SHPC (Kata #2174: 5 s waits).
+
+    ``acpi``: ACPI PCI hot-plug, the q35 default since QEMU 6.1, for root ports, switch
+    ports and bridge slots alike (~0.09 s add and unplug here). ``native``: PCIe native
+    hot-plug (pciehp) on root and downstream ports only; unplug waits Linux's 5 s abort
+    window, and ``pci-bridge`` slots cannot take hot-plugged devices at all.
+    """
+
+    ACPI = "acpi"
+    NATIVE = "native"
+
+
 class VfioKind(Enum):
     """The two host forms of a VFIO device node."""
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from podplug.inputs.kata import RuntimeConfig
-from podplug.model.enums import AgentDeviceType, Bucket, ContainerType
+from podplug.model.enums import AgentDeviceType, Bucket, ContainerType, HotplugMode
 from podplug.model.pci import Bdf, GuestPciPath
 from podplug.model.request import ContainerDevice
 from podplug.plan.topology import Topology
@@ -131,6 +131,7 @@ class Plan:
     devices: tuple[DevicePlan, ...]  # one per request, in request order
     guest_iommu: bool  # vfio mode with VFIO devices: the guest needs a virtual IOMMU
     iommufd_objects: tuple[str, ...] = ()
+    hotplug: HotplugMode = HotplugMode.ACPI
 
     def in_bucket(self, bucket: Bucket) -> tuple[DevicePlan, ...]:
         return tuple(d for d in self.devices if d.bucket is bucket)

@@ -11,7 +11,8 @@ Pure: no files, sockets, processes, clock, environment or logging. Steps:
    its QEMU property map and kata-agent entry.
 
 Placement of block volumes (``block_device_driver``): ``virtio-blk`` goes on a ``pci-bridge``
-slot when ``default_bridges`` > 0 (Kata's choice), else on a root port of its own;
+slot when ``default_bridges`` > 0 (Kata's choice) and hot-plug is ACPI, else on a root port
+of its own;
 ``virtio-scsi`` becomes a LUN on the ``scsi0`` controller made at boot.
 """
 
@@ -25,6 +26,7 @@ from podplug.model.enums import (
     AgentDeviceType,
     BlockDriver,
     Bucket,
+    HotplugMode,
     Hypervisor,
     PortKind,
     VfioKind,
@@ -66,8 +68,15 @@ def _check_platform(config: RuntimeConfig) -> None:
                                   PLANNED_MACHINES)
 
 
-def plan(config: RuntimeConfig, request: ContainerRequest, inventory: HostInventory) -> Plan:
+def plan(
+    config: RuntimeConfig, request: ContainerRequest, inventory: HostInventory,
+    *, hotplug: HotplugMode = HotplugMode.ACPI,
+) -> Plan:
     """Plan where every device of ``request`` goes.
+
+    ``hotplug`` matters for placement: with native PCIe hot-plug a ``pci-bridge`` slot
+    cannot take a hot-plugged device, so volumes get root ports of their own and
+    ``hot_plug_vfio = "bridge-port"`` is rejected.
 
     :raises UnsupportedPlatform: for hypervisors or machine types other than QEMU q35.
     :raises TopologyExhausted: when a topology budget is exceeded.
@@ -75,7 +84,7 @@ def plan(config: RuntimeConfig, request: ContainerRequest, inventory: HostInvent
     _check_platform(config)
     hv = config.hypervisor
     routed = route(request, inventory, vfio_mode=config.vfio_mode,
-                   cold=hv.cold_plug_vfio, hot=hv.hot_plug_vfio)
+                   cold=hv.cold_plug_vfio, hot=hv.hot_plug_vfio, hotplug=hotplug)
     port = hv.vfio_port
     units: dict[int, tuple[PlugUnit, ...]] = {}
     on_ports: list[tuple[int, PlugUnit]] = []
@@ -88,7 +97,7 @@ def plan(config: RuntimeConfig, request: ContainerRequest, inventory: HostInvent
                 (on_ports if wants_port else on_bridges).append((index, unit))
     blocks = [i for i, r in enumerate(routed) if r.bucket is Bucket.HOT_BLOCK]
     virtio_blk = hv.block_device_driver is BlockDriver.VIRTIO_BLK
-    blk_on_bridges = virtio_blk and hv.default_bridges > 0
+    blk_on_bridges = virtio_blk and hv.default_bridges > 0 and hotplug is HotplugMode.ACPI
     hot = hv.hot_plug_vfio is not PortKind.NO_PORT
     demand = Demand(
         vfio_port_units=len(on_ports),
@@ -133,6 +142,7 @@ def plan(config: RuntimeConfig, request: ContainerRequest, inventory: HostInvent
         devices=tuple(planned),
         guest_iommu=has_vfio and config.vfio_mode is VfioMode.VFIO,
         iommufd_objects=tuple(iommufd_objects),
+        hotplug=hotplug,
     )
 
 

@@ -7,7 +7,12 @@ the device; only the host-to-guest BDF map is recorded). Options are Kata's
 ``"<host BDF>=<guest PCI path>"`` strings, one per function.
 
 QEMU property maps follow QEMU's device properties: ``vfio-pci`` (``host``, ``bus``, ``addr``
-``SS.F``, ``multifunction`` on function 0 of a multi-function slot, ``iommufd`` for cdevs),
+``SS.F``, ``multifunction=on`` on EVERY function of a multi-function slot, ``iommufd`` for
+cdevs). Every function, not only function 0: measured here, a two-function slot
+hot-plugged onto a root port with the bit on function 0 alone lands in TWO guest IOMMU
+groups (Linux groups a hot-added function with its siblings only when its own header says
+multifunction), with the bit on both in one group; real multi-function devices set it in
+every function's header too.
 ``virtio-blk-pci`` and ``scsi-hd`` (``drive``, ``bus`` ``scsi0.0``, ``scsi-id``, ``lun``).
 ``addr`` is always explicit: on a PCIe port it must be slot 0 or QEMU silently puts the
 device where the guest cannot see it (research ``qemu-recipe.md`` pitfall 2).
@@ -44,7 +49,7 @@ def vfio_functions(
             ("bus", target.bus),
             ("addr", f"{target.addr:02x}.{guest_function}"),
         ]
-        if guest_function == 0 and unit.multifunction:
+        if unit.multifunction:
             props.append(("multifunction", "on"))
         if source.kind is VfioKind.IOMMUFD and iommufd_object is not None:
             props.append(("iommufd", iommufd_object))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from podplug.model.enums import Bucket, NodeType, PortKind, VfioKind, VfioMode
+from podplug.model.enums import Bucket, HotplugMode, NodeType, PortKind, VfioKind, VfioMode
 from podplug.model.host import BlockNode, HostInventory, PciFunction
 from podplug.model.pci import Bdf
 from podplug.model.request import ContainerDevice, ContainerRequest
@@ -118,7 +118,7 @@ def resolve_vfio(device: ContainerDevice, inventory: HostInventory) -> VfioSourc
 
 def _route_vfio(
     device: ContainerDevice, request: ContainerRequest, inventory: HostInventory,
-    cold: PortKind, hot: PortKind,
+    cold: PortKind, hot: PortKind, hotplug: HotplugMode,
 ) -> Routed:
     if cold is PortKind.NO_PORT and hot is PortKind.NO_PORT:
         return Routed(device, Bucket.REJECTED,
@@ -137,6 +137,11 @@ def _route_vfio(
                       "the sandbox (pause) container carries no VFIO devices (Kata PR #13681);"
                       " with hot_plug_vfio request them in the workload container, or set "
                       "cold_plug_vfio to plug them at sandbox creation", vfio=source)
+    if hot is PortKind.BRIDGE_PORT and hotplug is HotplugMode.NATIVE:
+        return Routed(device, Bucket.REJECTED,
+                      'hot_plug_vfio = "bridge-port" needs ACPI PCI hot-plug: a pci-bridge slot '
+                      "takes no native PCIe hot-plug and podplug never uses SHPC (Kata #2174)",
+                      vfio=source)
     return Routed(device, Bucket.HOT_VFIO, f"hot_plug_vfio = {hot.value}: QMP device_add",
                   vfio=source)
 
@@ -160,10 +165,11 @@ def _route_block(device: ContainerDevice, inventory: HostInventory) -> Routed:
 def route_device(
     device: ContainerDevice, request: ContainerRequest, inventory: HostInventory,
     *, vfio_mode: VfioMode, cold: PortKind, hot: PortKind,
+    hotplug: HotplugMode = HotplugMode.ACPI,
 ) -> Routed:
     """Route one device. Pure; the same inputs always give the same bucket."""
     if is_vfio_path(device.path):
-        routed = _route_vfio(device, request, inventory, cold, hot)
+        routed = _route_vfio(device, request, inventory, cold, hot, hotplug)
     elif device.type is NodeType.BLOCK:
         routed = _route_block(device, inventory)
     else:
@@ -177,9 +183,11 @@ def route_device(
 def route(
     request: ContainerRequest, inventory: HostInventory,
     *, vfio_mode: VfioMode, cold: PortKind, hot: PortKind,
+    hotplug: HotplugMode = HotplugMode.ACPI,
 ) -> tuple[Routed, ...]:
     """Route every device of ``request``; one :class:`Routed` per input, in input order."""
     return tuple(
-        route_device(d, request, inventory, vfio_mode=vfio_mode, cold=cold, hot=hot)
+        route_device(d, request, inventory, vfio_mode=vfio_mode, cold=cold, hot=hot,
+                     hotplug=hotplug)
         for d in request.devices
     )

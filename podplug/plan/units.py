@@ -2,9 +2,9 @@
 
 Choice (research ``kata-devices.md`` §4.6): the functions of a group that share a host slot
 (``BB:DD``, e.g. a GPU at ``.0`` and its audio function at ``.1``) are plugged together as
-ONE multifunction device on ONE port, keeping their order; function 0 carries
-``multifunction=on``. Kata instead gives every function its own root port. Mirroring the
-host slot:
+ONE multifunction device on ONE port, keeping their order; every function carries
+``multifunction=on`` (see :mod:`.presentation` for why all of them). Kata instead gives
+every function its own root port. Mirroring the host slot:
 
 * costs one port per slot instead of one per function (8 two-function GPUs: 8 ports, not 16);
 * keeps a GPU and its audio function in one guest IOMMU group in ``vfio`` mode, because

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from podplug.model.enums import Bucket
+from podplug.model.enums import Bucket, HotplugMode
 from podplug.plan.model import Plan, PropValue, QemuDevice
 from podplug.plan.presentation import controller_device
 
@@ -44,6 +44,8 @@ def render_argv(
         argv += ["-device", device_arg(controller_device(controller))]
     for name in plan.iommufd_objects if device is None else ():
         argv += ["-object", f"iommufd,id={name}"]
+    if plan.hotplug is HotplugMode.NATIVE:
+        argv += ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"]
     for planned in plan.in_bucket(Bucket.COLD_VFIO):
         for qemu in planned.qemu_devices:
             argv += ["-device", device_arg(device(qemu) if device else qemu)]

@@ -17,14 +17,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 from podplug.errors import PodplugError
 from podplug.guest.agent_client import AgentClient
 from podplug.guest.image import GuestImage, build_image
 from podplug.inputs.load import Inputs
-from podplug.model.enums import Bucket
+from podplug.model.enums import Bucket, HotplugMode
 from podplug.plan.model import DevicePlan, Plan
 from podplug.plan.plan import plan as make_plan
 from podplug.plan.sequence import backing_drive, hot_devices, plug_steps, unplug_steps
@@ -38,13 +37,6 @@ from podplug.vm.qompath import read_placement
 
 AGENT_PORT = "podplug.agent"
 CONTAINER_DIR = "/run/podplug/ctr"
-
-
-class HotplugMode(Enum):
-    """How the guest learns of hot-plugged devices. Never SHPC (Kata #2174)."""
-
-    ACPI = "acpi"  # q35 default since QEMU 6.1: ~0.09 s add and unplug here
-    NATIVE = "native"  # PCIe native (pciehp): unplug waits Linux's 5 s abort window
 
 
 @dataclass(frozen=True)
@@ -62,6 +54,7 @@ def guest_argv(plan: Plan, image: GuestImage, sock: Path, *, emulate: bool,
                hotplug: HotplugMode, memory_mib: int, accel: Accel) -> list[str]:
     """The QEMU arguments after the ones :class:`Vm` adds (pure)."""
     append = image.cmdline + (" intel_iommu=on" if plan.guest_iommu else "")
+    del hotplug  # the plan carries it (render_argv)
     argv = [
         "-cpu", "host" if accel is Accel.KVM else "max", "-smp", "1", "-m", str(memory_mib),
         "-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", append,
@@ -70,8 +63,6 @@ def guest_argv(plan: Plan, image: GuestImage, sock: Path, *, emulate: bool,
         "-chardev", f"socket,id=agentch,path={sock},server=on,wait=off",
         "-device", f"virtserialport,bus=vser0.0,chardev=agentch,name={AGENT_PORT}",
     ]  # fmt: skip
-    if hotplug is HotplugMode.NATIVE:
-        argv += ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"]
     return argv
 
 
@@ -119,7 +110,8 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
         device that merely fails its check is a FAIL row, not an exception.
     """
     clock = _Clock(options.progress)
-    plan = make_plan(inputs.config, inputs.request, inputs.inventory)
+    plan = make_plan(inputs.config, inputs.request, inputs.inventory,
+                     hotplug=options.hotplug)
     has_vfio = any(d.functions for d in plan.devices)
     emulate, why_emulate = decide_emulation(options.emulate_vfio, inputs.inventory.sysfs_root,
                                             _real_host_has_iommu())

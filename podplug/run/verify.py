@@ -97,9 +97,11 @@ class GuestProver:
                             "(vfio-pci-gk: no /dev/vfio node)", usable=ok,
                             error="" if ok else "no guest driver bound")
         groups: dict[str, str] = {}
+        group_of: list[str] = []
         for bdf in bdfs:
             fields = self.agent.call("vfio-bind", bdf).fields
             groups[fields["group"]] = fields["devnum"]
+            group_of.append(f"{bdf} in group {fields['group']}")
         nodes = []
         for group, devnum in sorted(groups.items()):
             major, minor = devnum.split(":")
@@ -109,7 +111,8 @@ class GuestProver:
         units = len(device.guest_paths)
         ok = len(groups) == units
         check = f"bound to vfio-pci, vfio group {','.join(sorted(groups))} opened"
-        error = "" if ok else f"{len(groups)} guest IOMMU groups for {units} slot(s)"
+        error = "" if ok else (f"{len(groups)} guest IOMMU groups for {units} slot(s): "
+                               + ", ".join(group_of))
         return _replace(row, guest_node=guest, container_node=",".join(nodes), check=check,
                         usable=ok, error=error)
 

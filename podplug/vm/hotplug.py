@@ -26,6 +26,7 @@ from podplug.vm.process import Vm
 from podplug.vm.qmp import deleted_event_matches
 from podplug.vm.qompath import read_placement
 
+BUSY_RETRY_S = 0.5
 UNPLUG_TIMEOUT_S = 15.0  # native PCIe unplug takes 5-6 s here (qemu-recipe.md); ACPI 0.09 s
 
 
@@ -51,7 +52,7 @@ def carry(vm: Vm, step: Step, *, unplug_timeout: float = UNPLUG_TIMEOUT_S) -> St
         pending = set(ids)
         with vm.watch("DEVICE_DELETED",
                       match=lambda ev: any(deleted_event_matches(ev, i) for i in ids)) as watch:
-            vm.execute("device_del", step.arguments)
+            _device_del(vm, step, started + unplug_timeout)
             while pending:
                 remaining = max(0.0, unplug_timeout - (time.monotonic() - started))
                 event = watch.wait(remaining, subject=step.subject)
@@ -64,6 +65,19 @@ def carry(vm: Vm, step: Step, *, unplug_timeout: float = UNPLUG_TIMEOUT_S) -> St
         if actual != step.expect_path:
             raise PlacementMismatch(step.subject, str(step.expect_path), str(actual))
     return StepResult(step, time.monotonic() - started, actual)
+
+
+def _device_del(vm: Vm, step: Step, deadline: float) -> None:
+    """``device_del``, retried while native hot-plug says the guest is busy (the power
+    indicator blinks for a while after a slot is powered on; anchors §1.5)."""
+    while True:
+        try:
+            vm.execute("device_del", step.arguments)
+            return
+        except QmpCommandError as exc:
+            if "guest is busy" not in exc.desc or time.monotonic() > deadline:
+                raise
+            time.sleep(BUSY_RETRY_S)
 
 
 class BatchFailed(PodplugError):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from podplug.errors import PodplugError
+from podplug.model.enums import HotplugMode
 from podplug.model.host import HostInventory
 from podplug.model.request import ContainerDevice, ContainerRequest
 from podplug.plan.model import Plan
@@ -46,6 +47,7 @@ class Scenario:
     root_ports: int = 0
     switch_ports: int = 0
     bridges: int = 1
+    hotplug: HotplugMode = HotplugMode.ACPI
 
     def request(self) -> ContainerRequest:
         return request(*self.devices, sandbox=self.sandbox)
@@ -54,7 +56,7 @@ class Scenario:
         cfg = config(self.vfio_mode, self.cold, self.hot, self.driver,
                      root_ports=self.root_ports, switch_ports=self.switch_ports,
                      bridges=self.bridges)
-        return plan(cfg, self.request(), self.host())
+        return plan(cfg, self.request(), self.host(), hotplug=self.hotplug)
 
 
 GPU_AND_XDA = (vfio_control(), vfio_group(12), block(0, "/dev/xda"))
@@ -95,6 +97,10 @@ EXTRA = (
              devices=(vfio_group(77), block(5))),
     Scenario("no-bridges-virtio-blk-on-root-ports", "vfio", hot="root-port", bridges=0,
              devices=(vfio_group(12), block(0), block(1))),
+    Scenario("native-hotplug-volumes-get-root-ports", "vfio", hot="root-port",
+             devices=GPU_AND_XDA, hotplug=HotplugMode.NATIVE),
+    Scenario("native-hotplug-hot-bridge-port-rejected", "vfio", hot="bridge-port",
+             devices=GPU_AND_XDA, hotplug=HotplugMode.NATIVE),
     Scenario("spare-switch-ports-block-only", "guest-kernel", switch_ports=4,
              driver="virtio-scsi", devices=(block(0), block(1))),
 )
