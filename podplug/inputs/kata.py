@@ -154,6 +154,9 @@ def parse_kata_config(doc: Mapping[str, object]) -> RuntimeConfig:
         enable_annotations=tuple(annotations),
     )
     validate_ports(hv)
+    if kind is Hypervisor.CLOUD_HYPERVISOR and hv.block_device_driver is BlockDriver.VIRTIO_SCSI:
+        raise ConfigError(f"{section}.block_device_driver", "Cloud Hypervisor has no virtio-scsi",
+                          value=hv.block_device_driver.value, allowed=["virtio-blk"])
     return RuntimeConfig(vfio_mode=vfio_mode, hypervisor=hv)
 
 

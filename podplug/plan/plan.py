@@ -10,6 +10,10 @@ Pure: no files, sockets, processes, clock, environment or logging. Steps:
 4. the units and volumes are given targets in order, and :mod:`.presentation` turns each into
    its QEMU property map and kata-agent entry.
 
+Cloud Hypervisor (``[hypervisor.clh]``) has no ports or bridges: every device goes on a slot
+of its flat root bus (:func:`.topology.build_flat_topology`); such plans are for checking,
+as podplug boots only QEMU.
+
 Placement of block volumes (``block_device_driver``): ``virtio-blk`` goes on a ``pci-bridge``
 slot when ``default_bridges`` > 0 (Kata's choice) and hot-plug is ACPI, else on a root port
 of its own;
@@ -45,7 +49,13 @@ from podplug.plan.presentation import (
     virtio_blk_device,
 )
 from podplug.plan.route import Routed, route
-from podplug.plan.topology import Demand, PortHint, Target, build_topology
+from podplug.plan.topology import (
+    Demand,
+    PortHint,
+    Target,
+    build_flat_topology,
+    build_topology,
+)
 from podplug.plan.units import PlugUnit, plug_units
 
 PLANNED_MACHINES = ("q35",)
@@ -61,9 +71,9 @@ def _hint(unit: PlugUnit) -> PortHint:
 
 def _check_platform(config: RuntimeConfig) -> None:
     hv = config.hypervisor
-    if hv.kind is not Hypervisor.QEMU:
-        raise UnsupportedPlatform("hypervisor", hv.kind.value, ["qemu"])
-    if hv.machine_type not in PLANNED_MACHINES:
+    if hv.kind not in (Hypervisor.QEMU, Hypervisor.CLOUD_HYPERVISOR):
+        raise UnsupportedPlatform("hypervisor", hv.kind.value, ["qemu", "clh"])
+    if hv.kind is Hypervisor.QEMU and hv.machine_type not in PLANNED_MACHINES:
         raise UnsupportedPlatform(f"[{hv.section}] machine_type", hv.machine_type,
                                   PLANNED_MACHINES)
 
@@ -86,6 +96,7 @@ def plan(
     routed = route(request, inventory, vfio_mode=config.vfio_mode,
                    cold=hv.cold_plug_vfio, hot=hv.hot_plug_vfio, hotplug=hotplug)
     port = hv.vfio_port
+    flat = hv.kind is Hypervisor.CLOUD_HYPERVISOR
     units: dict[int, tuple[PlugUnit, ...]] = {}
     on_ports: list[tuple[int, PlugUnit]] = []
     on_bridges: list[tuple[int, PlugUnit]] = []
@@ -93,11 +104,12 @@ def plan(
         if item.bucket in (Bucket.COLD_VFIO, Bucket.HOT_VFIO) and item.vfio is not None:
             units[index] = plug_units(item.vfio.functions)
             for unit in units[index]:
-                wants_port = unit.is_pcie and port is not PortKind.BRIDGE_PORT
+                wants_port = (unit.is_pcie and port is not PortKind.BRIDGE_PORT) or flat
                 (on_ports if wants_port else on_bridges).append((index, unit))
     blocks = [i for i, r in enumerate(routed) if r.bucket is Bucket.HOT_BLOCK]
     virtio_blk = hv.block_device_driver is BlockDriver.VIRTIO_BLK
-    blk_on_bridges = virtio_blk and hv.default_bridges > 0 and hotplug is HotplugMode.ACPI
+    blk_on_bridges = (virtio_blk and hv.default_bridges > 0 and hotplug is HotplugMode.ACPI
+                      and not flat)
     hot = hv.hot_plug_vfio is not PortKind.NO_PORT
     demand = Demand(
         vfio_port_units=len(on_ports),
@@ -111,7 +123,8 @@ def plan(
         scsi_controller=not virtio_blk,
         vfio_hints=tuple(_hint(u) for _, u in on_ports) if hot else (),
     )
-    topology = build_topology(demand)
+    topology = (build_flat_topology(len(on_ports), len(blocks)) if flat
+                else build_topology(demand))
 
     port_targets = iter(topology.vfio_targets)
     bridge_targets = iter(topology.bridge_targets)

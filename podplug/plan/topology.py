@@ -231,6 +231,28 @@ class _Layout:
         return ports
 
 
+CLH_BUS = "pci_segment0"
+CLH_SLOTS = tuple(range(0x01, 0x20))  # slot 0 is the segment's host bridge
+
+
+def build_flat_topology(units: int, blocks: int) -> Topology:
+    """Cloud Hypervisor: a flat root bus per PCI segment, no ports or bridges, hot-plug onto
+    the root bus through ACPI GED (anchors §4; Kata runtime-rs: "CLH and Dragonball support
+    device attachment solely on the root bus"). podplug places everything on segment 0.
+
+    :raises TopologyExhausted: when segment 0's 31 device slots do not suffice.
+    """
+    needed = units + blocks
+    if needed > len(CLH_SLOTS):
+        raise TopologyExhausted("Cloud Hypervisor PCI segment 0 slots", needed, len(CLH_SLOTS))
+    targets = [Target(CLH_BUS, slot, GuestPciPath((slot,))) for slot in CLH_SLOTS[:needed]]
+    return Topology(
+        controllers=(), vfio_targets=tuple(targets[:units]), bridge_targets=(),
+        block_port_targets=tuple(targets[units:]), spare_targets=(), bus_numbers=0,
+        root_slots_used=needed,
+    )
+
+
 def build_topology(demand: Demand) -> Topology:
     """Lay out the controllers for ``demand`` and check every budget.
 

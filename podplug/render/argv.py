@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from podplug.model.enums import Bucket, HotplugMode
+from podplug.errors import UnsupportedPlatform
+from podplug.model.enums import Bucket, HotplugMode, Hypervisor
 from podplug.plan.model import Plan, PropValue, QemuDevice
 from podplug.plan.presentation import controller_device
 
@@ -36,6 +37,9 @@ def render_argv(
     :param device: maps each cold-plugged device before rendering (the emulated stand-in of
         :mod:`podplug.plan.standin`; iommufd objects are then left out).
     """
+    if plan.config.hypervisor.kind is not Hypervisor.QEMU:
+        raise UnsupportedPlatform("QEMU command line for hypervisor",
+                                  plan.config.hypervisor.kind.value, ["qemu"])
     machine = "q35,kernel-irqchip=split" if plan.guest_iommu else "q35"
     argv = ["-machine", machine]
     if plan.guest_iommu:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from podplug.model.enums import Hypervisor
 from podplug.plan.model import DevicePlan, Plan
 from podplug.plan.presentation import controller_device
 from podplug.render.argv import render_argv
@@ -30,6 +31,7 @@ def _device(device: DevicePlan) -> dict[str, object]:
 
 def plan_json(plan: Plan) -> dict[str, object]:
     hv = plan.config.hypervisor
+    qemu = hv.kind is Hypervisor.QEMU
     return {
         "config": {
             "hypervisor": hv.kind.value,
@@ -60,6 +62,6 @@ def plan_json(plan: Plan) -> dict[str, object]:
         "container_devices": [d.request.path for d in plan.container_devices],
         "agent_devices": [a.as_json() for a in plan.agent_devices],
         "counts": {b.value: n for b, n in plan.counts().items()},
-        "argv": render_argv(plan),
-        "qmp": render_qmp(plan),
+        "argv": render_argv(plan) if qemu else None,
+        "qmp": render_qmp(plan) if qemu else None,
     }

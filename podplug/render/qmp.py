@@ -11,7 +11,8 @@ every function in it, each with its own ``DEVICE_DELETED``.
 
 from __future__ import annotations
 
-from podplug.model.enums import Bucket
+from podplug.errors import UnsupportedPlatform
+from podplug.model.enums import Bucket, Hypervisor
 from podplug.plan.model import DevicePlan, Plan, QemuDevice
 
 Message = dict[str, object]
@@ -54,6 +55,9 @@ def teardown_messages(device: DevicePlan) -> list[Message]:
 
 def render_qmp(plan: Plan) -> dict[str, list[Message]]:
     """``{"hotplug": [...], "teardown": [...]}`` for the plan's hot-plugged devices."""
+    if plan.config.hypervisor.kind is not Hypervisor.QEMU:
+        raise UnsupportedPlatform("QMP messages for hypervisor",
+                                  plan.config.hypervisor.kind.value, ["qemu"])
     hot = _hot(plan)
     cold_objects = {str(dict(q.props).get("iommufd")) for d in plan.in_bucket(Bucket.COLD_VFIO)
                     for q in d.qemu_devices}

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from podplug.model.enums import Bucket
+from podplug.model.enums import Bucket, Hypervisor
 from podplug.plan.model import DevicePlan, Plan, QemuDevice
-from podplug.plan.topology import AGENT_SLOT, ROOT_BUS, Controller, Use
+from podplug.plan.topology import AGENT_SLOT, CLH_BUS, ROOT_BUS, Controller, Use
 
 _ROLE = {
     "pcie-root-port": "root port",
@@ -53,11 +53,14 @@ def _controller_label(controller: Controller) -> str:
 
 def render_tree(plan: Plan) -> str:
     hv = plan.config.hypervisor
+    clh = hv.kind is Hypervisor.CLOUD_HYPERVISOR
+    root = CLH_BUS if clh else ROOT_BUS
     lines = [
-        f"q35 {ROOT_BUS}  vfio_mode={plan.config.vfio_mode.value} "
+        f"{'cloud-hypervisor' if clh else 'q35'} {root}  vfio_mode={plan.config.vfio_mode.value} "
         f"cold_plug_vfio={hv.cold_plug_vfio.value} hot_plug_vfio={hv.hot_plug_vfio.value} "
         f"block_device_driver={hv.block_device_driver.value}"
-        f"{'  guest IOMMU: intel-iommu' if plan.guest_iommu else ''}",
+        f"{'  guest IOMMU: ' if plan.guest_iommu else ''}"
+        f"{('virtio-iommu' if clh else 'intel-iommu') if plan.guest_iommu else ''}",
     ]
     children = _children(plan)
     controllers = {c.id: c for c in plan.topology.controllers}
@@ -74,8 +77,9 @@ def render_tree(plan: Plan) -> str:
                 if controllers[value].role.value == "virtio-scsi-pci":
                     walk(value + ".0", inner)
 
-    lines.append(f"├── {AGENT_SLOT:02x}.0 agent channel [virtio-serial-pci, podplug run]")
-    walk(ROOT_BUS, "")
+    if not clh:
+        lines.append(f"├── {AGENT_SLOT:02x}.0 agent channel [virtio-serial-pci, podplug run]")
+    walk(root, "")
     others = [d for d in plan.devices if not d.qemu_devices]
     if others:
         lines.append("not on a PCI bus:")

@@ -145,3 +145,9 @@ def test_annotation_not_enabled_is_refused() -> None:
         apply_annotations(cfg, {P + "hot_plug_vfio": "root-port"})
     assert "enable_annotations" in str(err.value)
     assert apply_annotations(cfg, {"unrelated": "x"}) == cfg
+
+
+def test_cloud_hypervisor_has_no_virtio_scsi() -> None:
+    with pytest.raises(ConfigError) as err:
+        config(hypervisor="clh", driver="virtio-scsi", machine="")
+    assert err.value.allowed == ("virtio-blk",)

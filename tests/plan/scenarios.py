@@ -19,6 +19,7 @@ from podplug.plan.model import Plan
 from podplug.plan.plan import plan
 from podplug.render.argv import render_argv
 from podplug.render.qmp import render_qmp
+from podplug.render.tree import render_tree
 from tests.support import (
     block,
     config,
@@ -48,6 +49,7 @@ class Scenario:
     switch_ports: int = 0
     bridges: int = 1
     hotplug: HotplugMode = HotplugMode.ACPI
+    hypervisor: str = "qemu"
 
     def request(self) -> ContainerRequest:
         return request(*self.devices, sandbox=self.sandbox)
@@ -55,7 +57,8 @@ class Scenario:
     def run(self) -> Plan:
         cfg = config(self.vfio_mode, self.cold, self.hot, self.driver,
                      root_ports=self.root_ports, switch_ports=self.switch_ports,
-                     bridges=self.bridges)
+                     bridges=self.bridges, hypervisor=self.hypervisor,
+                     machine="q35" if self.hypervisor == "qemu" else "")
         return plan(cfg, self.request(), self.host(), hotplug=self.hotplug)
 
 
@@ -101,6 +104,10 @@ EXTRA = (
              devices=GPU_AND_XDA, hotplug=HotplugMode.NATIVE),
     Scenario("native-hotplug-hot-bridge-port-rejected", "vfio", hot="bridge-port",
              devices=GPU_AND_XDA, hotplug=HotplugMode.NATIVE),
+    Scenario("clh-cold-root-port-gpu-and-block", "vfio", cold="root-port", hypervisor="clh",
+             devices=GPU_AND_XDA),
+    Scenario("clh-hot-switch-port-rejected-config", "vfio", hot="switch-port",
+             hypervisor="clh", devices=GPU_AND_XDA),
     Scenario("spare-switch-ports-block-only", "guest-kernel", switch_ports=4,
              driver="virtio-scsi", devices=(block(0), block(1))),
 )
@@ -119,7 +126,8 @@ def golden(scenario: Scenario) -> dict[str, object]:
         "reasons": {d.request.path: d.reason for d in result.devices},
         "container_devices": [d.request.path for d in result.container_devices],
         "agent": [a.as_json() for a in result.agent_devices],
-        "argv": render_argv(result),
-        "qmp": render_qmp(result),
+        "argv": render_argv(result) if scenario.hypervisor == "qemu" else None,
+        "qmp": render_qmp(result) if scenario.hypervisor == "qemu" else None,
+        "tree": render_tree(result).splitlines(),
         "notes": {d.request.path: list(d.notes) for d in result.devices if d.notes},
     }
