@@ -3,7 +3,9 @@
 Exit codes: 0 success; 2 bad input (configuration, spec, CDI); 3 host (sysfs); 4 plan
 (a topology budget, an unsupported platform); 5 guest image; 6 VM/QMP/agent; 7 ``run``:
 a requested device is not usable in the guest; 8 ``plan``: the plan was made but at least one
-requested device was rejected (each one is listed with its reason); 130 interrupted.
+requested device was rejected (each one is listed with its reason); 10/11 ``doctor``: the
+worst finding is a warning / an error; 1 ``matrix``: a defect or a failed boot; 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from podplug.errors import PodplugError
 from podplug.model.enums import Bucket
 
 EXIT_UNUSABLE = 7
+EXIT_DOCTOR_WARNING = 10
+EXIT_DOCTOR_ERROR = 11
 EXIT_REJECTED = 8
 FORMATS = ("tree", "json", "argv", "qmp", "dot")
 DEMO_DIR = Path(__file__).parent / "demo"
@@ -138,6 +142,93 @@ def _demo(tmp: Path, progress: Callable[[str], None]) -> tuple[str, str, str]:
     return str(DEMO_DIR / "configuration.toml"), str(DEMO_DIR / "spec.json"), str(sysfs)
 
 
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from podplug.matrix.boot import boot, choose
+    from podplug.matrix.check import Outcome, run_matrix
+    from podplug.matrix.compare import losses
+    from podplug.matrix.kata_models import era_by_name
+    from podplug.matrix.render import render_json, render_markdown, render_table
+
+    results = run_matrix()
+    lost = None
+    era_name = ""
+    if args.compare:
+        try:
+            era = era_by_name(args.compare)
+        except ValueError as exc:
+            print(f"podplug: error: --compare: {exc}", file=sys.stderr)
+            return 2
+        era_name = era.value
+        lost = {i: losses(r, era) for i, r in enumerate(results)}
+    boots = None
+    if args.boot:
+        try:
+            indices = choose(results, args.boot)
+        except ValueError as exc:
+            print(f"podplug: error: --boot: {exc}", file=sys.stderr)
+            return 2
+        boots = boot(results, indices, None, lambda t: print(t, file=sys.stderr, flush=True))
+    if args.format == "json":
+        print(json.dumps(render_json(results, lost, era_name, boots), indent=2))
+    elif args.format == "markdown":
+        sys.stdout.write(render_markdown(results, lost, era_name, boots))
+    else:
+        sys.stdout.write(render_table(results, lost, era_name, boots))
+    defects = [r for r in results if r.outcome is Outcome.DEFECT]
+    failed_boots = [b for b in (boots or {}).values() if not _boot_ok(b)]
+    return 1 if defects or failed_boots else 0
+
+
+def _boot_ok(text: str) -> bool:
+    if not text.startswith("booted, guest saw "):
+        return False
+    seen, _, total = text.removeprefix("booted, guest saw ").partition(" of ")
+    return seen == total.split(",")[0]
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from podplug.doctor import Severity, diagnose, worst
+    from podplug.errors import ConfigError
+    from podplug.host.sysfs import scan_host
+    from podplug.inputs.cdi import apply_cdi, cdi_references, load_cdi_dirs
+    from podplug.inputs.kata import RuntimeConfig, apply_annotations, load_kata_config
+    from podplug.inputs.oci import load_oci_spec
+    from podplug.matrix.kata_models import era_for_version
+
+    config: RuntimeConfig | ConfigError
+    try:
+        config = load_kata_config(args.config)
+    except ConfigError as exc:
+        config = exc
+    request = None
+    if args.spec:
+        request = load_oci_spec(args.spec)
+        if isinstance(config, RuntimeConfig):
+            try:
+                config = apply_annotations(config, request.annotations)
+            except ConfigError as exc:
+                config = exc.with_path(args.spec)
+        if cdi_references(request.annotations):
+            request = apply_cdi(request, load_cdi_dirs(args.cdi_dir or _default_cdi()))
+    era = None
+    if args.kata_version:
+        try:
+            era = era_for_version(args.kata_version)
+        except ValueError as exc:
+            print(f"podplug: error: --kata-version: {exc}", file=sys.stderr)
+            return 2
+    inventory = scan_host(args.sysfs)
+    findings = diagnose(config, request=request, inventory=inventory, era=era,
+                        version=args.kata_version or "")
+    for f in findings:
+        fix = f"  -> {f.fix}" if f.fix and f.severity >= Severity.WARNING else ""
+        print(f"{f.severity.name:<7} {f.check:<12} {f.message}{fix}")
+    level = worst(findings)
+    print(f"doctor: worst finding {level.name}")
+    return {Severity.WARNING: EXIT_DOCTOR_WARNING, Severity.ERROR: EXIT_DOCTOR_ERROR}.get(
+        level, 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="podplug",
@@ -178,6 +269,24 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--cache", metavar="DIR")
     ib.add_argument("--force", action="store_true")
     ib.set_defaults(func=cmd_image_build)
+
+    m = sub.add_parser("matrix", help="plan every configuration combination; with --compare, "
+                       "show where an upstream Kata era loses devices")
+    m.add_argument("--boot", metavar="SAMPLE", help="boot combinations for real: 'seed' (the "
+                   "seed's four + one per block driver and port type), 'all', or indices")
+    m.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    m.add_argument("--compare", metavar="ERA", help="kata-3.14-3.16 (kata-3.16), "
+                   "kata-3.17-3.31, kata-3.32-4.0, kata-head")
+    m.set_defaults(func=cmd_matrix)
+
+    d = sub.add_parser("doctor", help="check a real deployment: configuration, Kata version, "
+                       "host")
+    d.add_argument("--config", required=True)
+    d.add_argument("--spec")
+    d.add_argument("--kata-version", metavar="X.Y.Z")
+    d.add_argument("--cdi-dir", action="append", metavar="DIR")
+    d.add_argument("--sysfs", default="/sys", metavar="DIR")
+    d.set_defaults(func=cmd_doctor)
 
     f = sub.add_parser("fake-host", help="write a FAKE sysfs tree (a stand-in host) to DIR")
     f.add_argument("dir")

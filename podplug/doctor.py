@@ -1,0 +1,232 @@
+"""``podplug doctor``: check a real deployment and say what to fix (pure).
+
+Takes what the shell read (the configuration or the error it raised, optionally the
+container spec, the host snapshot and a Kata version) and returns findings, each with a
+severity, one line of explanation and the fix. Checks:
+
+* the configuration validates (Kata ``checkPCIeConfig`` done right);
+* with a Kata version: whether that release drops devices for this configuration (and,
+  with a spec, which ones), naming the fix: the release that fixed it, or the key to change
+  (models in :mod:`podplug.matrix.kata_models`);
+* with a spec: every device is planned (a rejection is an error with its reason), and the
+  topology fits its budgets (ports, root-bus slots, bus numbers);
+* with the host: IOMMU groups exist, every function of each requested group is bound to
+  ``vfio-pci`` (a group is viable only when no function is held by a host driver), and the
+  hot-plug windows the plan reserves cover the devices' BARs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from podplug.errors import ConfigError, PlanError
+from podplug.inputs.kata import RuntimeConfig
+from podplug.matrix.kata_models import KataEra, KataOutcome, select_devices
+from podplug.model.enums import Bucket, PortKind, VfioMode
+from podplug.model.host import HostInventory
+from podplug.model.request import ContainerRequest
+from podplug.plan.model import Plan
+from podplug.plan.plan import plan as make_plan
+from podplug.plan.route import is_vfio_path, resolve_vfio
+
+VIABLE_DRIVERS = (None, "vfio-pci", "pci-stub")
+
+
+class Severity(IntEnum):
+    OK = 0
+    INFO = 1
+    WARNING = 2
+    ERROR = 3
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: Severity
+    check: str
+    message: str
+    fix: str = ""
+
+
+_FIXED_IN = {
+    KataEra.KATA_3_14_3_16: ("3.17.0", "PR #11289"),
+    KataEra.KATA_3_17_3_31: ("3.32.0", "PR #13103"),
+    KataEra.KATA_3_32_4_0: ("4.1.0", "PR #13681"),
+}
+
+
+def _kata_fix(era: KataEra, config: RuntimeConfig) -> str:
+    hv = config.hypervisor
+    release, pr = _FIXED_IN.get(era, ("", ""))
+    swap = (f'or set hot_plug_vfio = "{hv.cold_plug_vfio.value}" and cold_plug_vfio = '
+            f'"no-port" in [{hv.section}]')
+    return f"upgrade Kata to {release} or later ({pr}), {swap}" if release else swap
+
+
+def _era_risk(era: KataEra, config: RuntimeConfig) -> str:
+    """The device class an era drops for this configuration, or ''."""
+    cold = config.hypervisor.cold_plug_vfio is not PortKind.NO_PORT
+    vfio = config.vfio_mode is VfioMode.VFIO
+    if era is KataEra.KATA_3_14_3_16 and cold:
+        return ("every non-VFIO device (block volumes, /dev/vfio/vfio) of a container with "
+                "VFIO cold plug (#11288)") if vfio else \
+            "the cold-plugged VFIO entries (agent: 'No PCI mapping found')"
+    if era is KataEra.KATA_3_17_3_31 and cold and not vfio:
+        return "the cold-plugged VFIO entries (agent: 'No PCI mapping found'; PR #13103)"
+    return ""
+
+
+def kata_findings(era: KataEra, version: str, config: RuntimeConfig,
+                  request: ContainerRequest | None) -> list[Finding]:
+    risk = _era_risk(era, config)
+    if request is None:
+        if risk:
+            return [Finding(Severity.WARNING, "kata-version",
+                            f"Kata {version} ({era.value}) drops {risk} with this "
+                            "configuration", _kata_fix(era, config))]
+        return [Finding(Severity.OK, "kata-version",
+                        f"Kata {version} ({era.value}): no known device loss for this "
+                        "configuration")]
+    selection = select_devices(era, request, config)
+    findings = []
+    for entry in selection.entries:
+        path = entry.device.path
+        if entry.outcome in (KataOutcome.DROPPED_SILENTLY, KataOutcome.FILTERED):
+            findings.append(Finding(Severity.ERROR, "kata-version",
+                                    f"Kata {version} drops {path}: {entry.reason}",
+                                    _kata_fix(era, config)))
+        elif entry.outcome is KataOutcome.FAILS_AT_ATTACH:
+            findings.append(Finding(Severity.ERROR, "kata-version",
+                                    f"Kata {version} fails to attach {path}: {entry.reason}",
+                                    f"set cold_plug_vfio or hot_plug_vfio in "
+                                    f"[{config.hypervisor.section}]"))
+        elif entry.outcome is KataOutcome.LEAKED_TO_PAUSE:
+            findings.append(Finding(Severity.WARNING, "kata-version",
+                                    f"Kata {version} lists {path} in the pause container, "
+                                    "which the guest rejects", "upgrade Kata to 4.1.0 or later "
+                                    "(PR #13681)"))
+    if not findings:
+        findings.append(Finding(Severity.OK, "kata-version",
+                                f"Kata {version} ({era.value}) keeps all "
+                                f"{len(request.devices)} devices of this spec"))
+    return findings
+
+
+def plan_findings(config: RuntimeConfig, request: ContainerRequest,
+                  inventory: HostInventory) -> tuple[list[Finding], Plan | None]:
+    try:
+        result = make_plan(config, request, inventory)
+    except PlanError as exc:
+        return [Finding(Severity.ERROR, "topology", str(exc),
+                        "reduce the devices or change the port kind")], None
+    findings = [Finding(Severity.ERROR, "plan", f"{d.request.path} rejected: {d.reason}",
+                        "see the reason") for d in result.in_bucket(Bucket.REJECTED)]
+    topo = result.topology
+    findings.append(Finding(Severity.OK, "topology",
+                            f"{len(result.devices)} devices planned; {topo.root_slots_used} "
+                            f"root-bus slots and {topo.bus_numbers} of 255 bus numbers used"))
+    return findings, result
+
+
+def host_findings(request: ContainerRequest | None, inventory: HostInventory,
+                  result: Plan | None) -> list[Finding]:
+    vfio = [d for d in (request.devices if request else ()) if is_vfio_path(d.path)]
+    findings = []
+    if not inventory.has_iommu:
+        severity = Severity.ERROR if vfio else Severity.INFO
+        findings.append(Finding(severity, "iommu", "no IOMMU groups under "
+                                f"{inventory.sysfs_root}/kernel/iommu_groups",
+                                "enable the IOMMU (intel_iommu=on or amd_iommu=on, and VT-d/"
+                                "AMD-Vi in firmware)"))
+    for device in vfio:
+        source = resolve_vfio(device, inventory)
+        if isinstance(source, str):
+            findings.append(Finding(Severity.ERROR, "vfio", f"{device.path}: {source}",
+                                    "check the device node and the host's IOMMU groups"))
+            continue
+        for function in source.functions:
+            if function.driver not in VIABLE_DRIVERS:
+                findings.append(Finding(
+                    Severity.ERROR, "vfio",
+                    f"{device.path}: {function.bdf} is bound to {function.driver}, so the "
+                    "group is not viable", f"bind it to vfio-pci (driverctl set-override "
+                    f"{function.bdf} vfio-pci)"))
+        if all(f.driver in VIABLE_DRIVERS for f in source.functions):
+            findings.append(Finding(Severity.OK, "vfio", f"{device.path}: "
+                                    f"{len(source.functions)} function(s) bound to vfio-pci"))
+    if result is not None:
+        findings += _bar_findings(result, inventory)
+    return findings
+
+
+def _parse_size(text: str) -> int:
+    units = {"K": 10, "M": 20, "G": 30}
+    return int(text[:-1]) << units[text[-1]] if text[-1] in units else int(text)
+
+
+def _bar_findings(result: Plan, inventory: HostInventory) -> list[Finding]:
+    """Hot-plug ports must reserve windows covering the BARs of the device planned there
+    (firmware sizes windows only for devices present at boot)."""
+    findings = []
+    ports = {c.id: dict(c.reserves) for c in result.topology.controllers}
+    pref_total = 0
+    for device in result.devices:
+        by_port: dict[str, tuple[int, int]] = {}
+        for function in device.functions:
+            host = inventory.functions.get(function.host)
+            bars = host.bars if host else ()
+            mem = sum(b.size for b in bars if not b.is_io and not b.prefetchable)
+            pref = sum(b.size for b in bars if b.prefetchable)
+            pref_total += pref
+            old = by_port.get(function.qemu.bus, (0, 0))
+            by_port[function.qemu.bus] = (old[0] + mem, old[1] + pref)
+        if device.bucket is not Bucket.HOT_VFIO:
+            continue
+        for port, (mem, pref) in by_port.items():
+            reserves = ports.get(port, {})
+            for key, need in (("mem-reserve", mem), ("pref64-reserve", pref)):
+                have = _parse_size(reserves[key]) if key in reserves else 0
+                if need and have < need and port.startswith("rp"):
+                    findings.append(Finding(Severity.ERROR, "bars",
+                                            f"{port} {key}={reserves.get(key, 'unset')} < "
+                                            f"{need >> 20} MiB of BARs of {device.request.path}",
+                                            "plan with podplug (it sizes the windows)"))
+                elif need and port.startswith("rp"):
+                    findings.append(Finding(Severity.OK, "bars",
+                                            f"{port} {key}={reserves[key]} covers "
+                                            f"{need >> 20} MiB of BARs of {device.request.path}"))
+    if pref_total > (512 << 30):
+        findings.append(Finding(Severity.WARNING, "bars",
+                                f"{pref_total >> 30} GiB of prefetchable BARs to map",
+                                "give the guest enough physical address bits (phys-bits) and "
+                                "boot it with pci=realloc"))
+    return findings
+
+
+def diagnose(config: RuntimeConfig | ConfigError, *, request: ContainerRequest | None = None,
+             inventory: HostInventory | None = None, era: KataEra | None = None,
+             version: str = "") -> list[Finding]:
+    """Every finding for this deployment, in check order."""
+    if isinstance(config, ConfigError):
+        return [Finding(Severity.ERROR, "config", str(config),
+                        f"allowed: {', '.join(config.allowed)}" if config.allowed else
+                        "fix the key named")]
+    hv = config.hypervisor
+    findings = [Finding(Severity.OK, "config",
+                        f"[{hv.section}] valid: vfio_mode={config.vfio_mode.value} "
+                        f"cold_plug_vfio={hv.cold_plug_vfio.value} "
+                        f"hot_plug_vfio={hv.hot_plug_vfio.value} "
+                        f"block_device_driver={hv.block_device_driver.value}")]
+    if era is not None:
+        findings += kata_findings(era, version, config, request)
+    result = None
+    if request is not None and inventory is not None:
+        more, result = plan_findings(config, request, inventory)
+        findings += more
+    if inventory is not None:
+        findings += host_findings(request, inventory, result)
+    return findings
+
+
+def worst(findings: list[Finding]) -> Severity:
+    return max((f.severity for f in findings), default=Severity.OK)

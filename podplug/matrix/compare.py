@@ -1,0 +1,33 @@
+"""Where an upstream Kata era loses devices that podplug delivers (pure).
+
+A device counts as *delivered* by podplug when the plan keeps it (not rejected) and the
+container gets it: a kata-agent entry (VFIO, block) or its node in the spec. A sandbox
+container's VFIO devices are in the VM but deliberately carry no agent entry, so an era that
+leaves them out of the pause container loses nothing. A device counts as *lost* by Kata when
+its model drops it silently or filters it (:func:`podplug.matrix.kata_models.lost_devices`);
+a loud attach failure is not a silent loss.
+"""
+
+from __future__ import annotations
+
+from podplug.matrix.check import Outcome, Result, config_for, request_for
+from podplug.matrix.kata_models import KataEra, lost_devices, select_devices
+from podplug.model.enums import Bucket
+from podplug.plan.model import Plan
+
+
+def delivered(plan: Plan) -> set[str]:
+    """Container paths podplug gets to the container."""
+    return {d.request.path for d in plan.devices
+            if d.bucket is not Bucket.REJECTED
+            and (d.agent is not None or d.bucket is Bucket.NODE)}
+
+
+def losses(result: Result, era: KataEra) -> tuple[str, ...]:
+    """Paths ``era`` loses for this combination while podplug delivers them."""
+    if result.outcome is not Outcome.PLANNED or result.plan is None:
+        return ()
+    selection = select_devices(era, request_for(result.combination),
+                               config_for(result.combination))
+    ours = delivered(result.plan)
+    return tuple(d.path for d in lost_devices(selection) if d.path in ours)

@@ -1,0 +1,100 @@
+"""``podplug doctor``: the seed's configuration flagged for Kata 3.16, passed for 3.17, and
+host problems named with their fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from podplug.cli import EXIT_DOCTOR_ERROR, EXIT_DOCTOR_WARNING, main
+from podplug.doctor import Severity, diagnose, worst
+from podplug.host.fakesysfs import FakeFunction, FakeHost, demo_host, write_fake_sysfs
+from podplug.host.sysfs import scan_host
+from podplug.matrix.kata_models import KataEra
+from tests.support import REPO, block, config, inventory, request, vfio_group
+
+DEMO = REPO / "podplug" / "demo"
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Path:
+    return write_fake_sysfs(tmp_path / "sys", demo_host(str(tmp_path / "disk.img")))
+
+
+def doctor(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(["doctor", "--config", str(DEMO / "configuration.toml"), *args])
+    return code, capsys.readouterr().out
+
+
+def test_seed_flagged_for_3_16_with_the_fix(capsys: pytest.CaptureFixture[str],
+                                            host: Path) -> None:
+    code, out = doctor(capsys, "--spec", str(DEMO / "spec.json"), "--kata-version", "3.16.0",
+                       "--sysfs", str(host))
+    assert code == EXIT_DOCTOR_ERROR
+    assert "Kata 3.16.0 drops /dev/xda" in out
+    assert "upgrade Kata to 3.17.0 or later (PR #11289)" in out
+    assert 'hot_plug_vfio = "root-port" and cold_plug_vfio = "no-port"' in out
+
+
+def test_seed_passes_for_3_17(capsys: pytest.CaptureFixture[str], host: Path) -> None:
+    code, out = doctor(capsys, "--spec", str(DEMO / "spec.json"), "--kata-version", "3.17.0",
+                       "--sysfs", str(host))
+    assert code == 0, out
+    assert "keeps all 3 devices" in out and "worst finding OK" in out
+
+
+def test_config_only_warns_for_the_risky_release(capsys: pytest.CaptureFixture[str],
+                                                 host: Path) -> None:
+    code, out = doctor(capsys, "--kata-version", "3.15.1", "--sysfs", str(host))
+    assert code == EXIT_DOCTOR_WARNING and "#11288" in out
+
+
+def test_invalid_config_is_an_error_finding(capsys: pytest.CaptureFixture[str],
+                                            tmp_path: Path, host: Path) -> None:
+    bad = tmp_path / "c.toml"
+    bad.write_text('[hypervisor.qemu]\ncold_plug_vfio = "root"\n')
+    code = main(["doctor", "--config", str(bad), "--sysfs", str(host)])
+    out = capsys.readouterr().out
+    assert code == EXIT_DOCTOR_ERROR and "cold_plug_vfio" in out and '"root-port"' in out
+
+
+def test_group_not_viable_names_the_function_and_the_fix(tmp_path: Path) -> None:
+    base = demo_host(str(tmp_path / "d.img"))
+    audio = base.functions[1]
+    held = FakeHost(functions=(base.functions[0], FakeFunction(
+        audio.bdf, audio.vendor, audio.device, audio.class_code, driver="snd_hda_intel",
+        iommu_group=audio.iommu_group)), blocks=base.blocks)
+    inv = scan_host(write_fake_sysfs(tmp_path / "sys", held))
+    findings = diagnose(config("vfio", "root-port"), request=request(vfio_group(12), block(0)),
+                        inventory=inv)
+    errors = [f for f in findings if f.severity is Severity.ERROR]
+    assert len(errors) == 1 and "0000:41:00.1 is bound to snd_hda_intel" in errors[0].message
+    assert "driverctl set-override 0000:41:00.1 vfio-pci" in errors[0].fix
+
+
+def test_no_iommu_with_vfio_requested_is_an_error() -> None:
+    inv = inventory(1, 2)
+    bare = type(inv)(inv.functions, {}, inv.block_nodes, inv.char_nodes)
+    findings = diagnose(config("vfio", "root-port"), request=request(vfio_group(12)),
+                        inventory=bare)
+    assert worst(findings) is Severity.ERROR
+    assert any(f.check == "iommu" and f.severity is Severity.ERROR for f in findings)
+
+
+def test_hot_port_windows_cover_the_bars() -> None:
+    findings = diagnose(config("vfio", hot="root-port"), request=request(vfio_group(12)),
+                        inventory=inventory(1, 2))
+    bars = [f for f in findings if f.check == "bars"]
+    assert any("pref64-reserve=64G covers 65536 MiB" in f.message for f in bars), bars
+    assert all(f.severity is Severity.OK for f in bars)
+
+
+def test_guest_kernel_mirror_flagged_until_3_32() -> None:
+    cfg = config("guest-kernel", "root-port")
+    req = request(vfio_group(12), block(0))
+    for era, bad in ((KataEra.KATA_3_14_3_16, True), (KataEra.KATA_3_17_3_31, True),
+                     (KataEra.KATA_3_32_4_0, False), (KataEra.HEAD, False)):
+        findings = diagnose(cfg, request=req, inventory=inventory(1, 2), era=era, version="x")
+        dropped = [f for f in findings if "drops /dev/vfio/12" in f.message]
+        assert bool(dropped) == bad, era
