@@ -31,8 +31,9 @@ from podplug.plan.standin import STANDIN_VENDOR_DEVICE, stand_in
 from podplug.render.argv import render_argv
 from podplug.run.report import DeviceRow, RunReport
 from podplug.run.verify import GuestProver
+from podplug.vm.accel import choose_accel, probe_kvm
 from podplug.vm.hotplug import StepResult, carry, carry_batch
-from podplug.vm.process import Accel, Vm, choose_accel, probe_kvm
+from podplug.vm.process import Accel, Vm
 from podplug.vm.qompath import read_placement
 
 AGENT_PORT = "podplug.agent"

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from podplug.errors import HotplugTimeout, QemuLaunchError, QmpCommandError, StateError, VmError
+from podplug.vm.accel import choose_accel, firmware_probe, probe_kvm
 from podplug.vm.process import (
     DEFAULT_QEMU,
     Accel,
@@ -29,9 +30,6 @@ from podplug.vm.process import (
     Vm,
     VmState,
     build_argv,
-    choose_accel,
-    firmware_probe,
-    probe_kvm,
 )
 from podplug.vm.qmp import QmpEvent, deleted_event_matches
 from podplug.vm.qompath import read_placement
