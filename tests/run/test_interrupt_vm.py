@@ -1,0 +1,68 @@
+"""Ctrl-C during ``podplug run`` (a real VM mid-boot) leaves no QEMU process and no
+temporary directory, and exits 130; ``--keep-running`` ends on Ctrl-C the same way."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+
+def _ours() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir()
+            if p.name.startswith("podplug-")}
+
+
+def _qemu_pids() -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if b"qemu-system" in cmd and b"podplug-run-" in cmd and state != "Z":
+                pids.add(int(entry.name))
+    return pids
+
+
+def _run_until(marker: str, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "podplug.cli", "run", "--accel", "tcg",
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line or time.monotonic() > deadline:
+            break
+    return proc, seen
+
+
+@pytest.mark.parametrize(("marker", "extra"), [("booting VM", ()),
+                                               ("keeping the VM running", ("--keep-running",))])
+def test_ctrl_c_cleans_up(marker: str, extra: tuple[str, ...]) -> None:
+    before_dirs, before_qemu = _ours(), _qemu_pids()
+    proc, seen = _run_until(marker, *extra)
+    assert any(marker in line for line in seen), "".join(seen)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    text = "".join(seen) + out
+    if extra:
+        assert proc.returncode == 0, text  # kept running, then unplugged and reported
+        assert "3 of 3 requested devices usable" in text
+    else:
+        assert proc.returncode == 130, text
+        assert "interrupted" in text
+    assert _qemu_pids() <= before_qemu
+    assert _ours() <= before_dirs
