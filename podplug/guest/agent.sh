@@ -57,6 +57,9 @@
 #                                           DESTRUCTIVE: mkfs (busybox mke2fs makes ext2
 #                                           when there is no mkfs.ext4), mount, write a
 #                                           file, unmount, remount, read it back, unmount.
+#   serial BDF                              OK serial=TEXT (an nvme controller's or a
+#                                           virtio-blk disk's serial; the VFIO stand-in
+#                                           carries the host BDF it stands for)
 
 PATH=/sbin:/bin:/usr/sbin:/usr/bin
 export PATH
@@ -211,7 +214,8 @@ v_help() {
     data "rw NODE"
     data "vfio-bind BDF"
     data "fs-check NODE"
-    ok 11
+    data "serial BDF"
+    ok 12
 }
 
 v_lspci() {
@@ -364,6 +368,17 @@ v_rw() {
     ok "type=b read=$_n md5=$_sum write=ok offset=$((_blk * 4096)) restored=ok"
 }
 
+v_serial() {
+    [ $# -eq 1 ] || usage "serial BDF"
+    check_bdf "$1"
+    _d=/sys/bus/pci/devices/$1
+    [ -e "$_d" ] || fail not-found "no PCI device $1"
+    for _s in "$_d"/nvme/nvme*/serial "$_d"/virtio*/block/*/serial; do
+        if [ -e "$_s" ]; then getf "$_s"; set -- $V; ok "serial=$*"; fi
+    done
+    fail not-found "$1 has no serial (an nvme or virtio-blk device with its driver bound)"
+}
+
 v_vfio_bind() {
     [ $# -eq 1 ] || usage "vfio-bind BDF"
     check_bdf "$1"
@@ -443,6 +458,7 @@ handle_line() {
         devnum) _fn=v_devnum ;;
         rw) _fn=v_rw ;;
         vfio-bind) _fn=v_vfio_bind ;;
+        serial) _fn=v_serial ;;
         fs-check) _fn=v_fs_check ;;
         *)
             case $_verb in

@@ -47,6 +47,9 @@ starting on root bus ``0000:00``. ``MS`` is milliseconds.
 ``fs-check NODE``                       ``OK fs=ext2|ext4 write=ok readback=ok``. This is
                                         destructive. busybox ``mke2fs`` makes ext2 when the
                                         image has no ``mkfs.ext4``.
+``serial BDF``                          ``OK serial=TEXT``: the serial of an nvme controller
+                                        or virtio-blk disk (driver bound). The VFIO stand-in
+                                        carries the host BDF it stands for.
 ======================================  ===================================================
 """
 
@@ -75,6 +78,7 @@ VERBS: dict[str, tuple[int, int]] = {
     "rw": (1, 1),
     "vfio-bind": (1, 1),
     "fs-check": (1, 1),
+    "serial": (1, 1),
 }
 
 #: verbs whose second argument is a guest-side wait in milliseconds (ERR timeout when it ends)

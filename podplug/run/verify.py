@@ -8,9 +8,11 @@ What counts as proof, per bucket (the Kata agent's own steps, done for real in t
   spec), opened, read and written, then made a filesystem on, mounted, written, read back
   and unmounted (the Kubernetes block-volume check, ``k8s-block-volume.bats``);
 * VFIO: every function appears at its planned guest PCI path with the expected
-  vendor:device; in ``vfio`` mode each is bound to vfio-pci, all functions of a slot must land
-  in ONE guest IOMMU group, and ``/dev/vfio/<guest group>`` is created in the container's
-  dev directory and opened; in ``guest-kernel`` mode the device stays on its guest driver;
+  vendor:device (an emulated stand-in must also carry, as its serial, the host BDF of the
+  function it stands for); in ``vfio`` mode each is bound to vfio-pci, all functions of a
+  slot must land in ONE guest IOMMU group, and ``/dev/vfio/<guest group>`` is created in
+  the container's dev directory and opened; in ``guest-kernel`` mode the device stays on
+  its guest driver;
 * plain node: created with the guest's numbers and opened (a ``/dev/vfio/*`` node in
   ``guest-kernel`` mode is left out of the container, as Kata strips it: that is the plan);
 * rejected: never usable; the row carries the reason.
@@ -89,11 +91,20 @@ class GuestProver:
             if seen != expected:
                 return _replace(row, guest_node=" ".join(bdfs),
                                 error=f"{bdf}: vendor:device {seen}, expected {expected}")
+        if self.emulated:  # the stand-in must be the one for THIS host function
+            for function, bdf in zip(device.functions, bdfs, strict=True):
+                serial = self.agent.call("serial", bdf).fields.get("serial", "")
+                if serial != str(function.host):
+                    return _replace(row, guest_node=" ".join(bdfs),
+                                    error=f"{bdf}: stand-in serial {serial!r}, expected the "
+                                    f"host BDF {function.host}")
         guest = " ".join(bdfs)
+        ident = "stand-in serial = host BDF; " if self.emulated else ""
         if self.plan.config.vfio_mode is VfioMode.GUEST_KERNEL:
             drivers = sorted({listing[b][3] for b in bdfs})
             ok = "-" not in drivers
-            return _replace(row, guest_node=guest, check=f"guest driver {','.join(drivers)} "
+            return _replace(row, guest_node=guest, check=f"{ident}guest driver "
+                            f"{','.join(drivers)} "
                             "(vfio-pci-gk: no /dev/vfio node)", usable=ok,
                             error="" if ok else "no guest driver bound")
         groups: dict[str, str] = {}
@@ -110,7 +121,7 @@ class GuestProver:
             nodes.append(node)
         units = len(device.guest_paths)
         ok = len(groups) == units
-        check = f"bound to vfio-pci, vfio group {','.join(sorted(groups))} opened"
+        check = f"{ident}bound to vfio-pci, vfio group {','.join(sorted(groups))} opened"
         error = "" if ok else (f"{len(groups)} guest IOMMU groups for {units} slot(s): "
                                + ", ".join(group_of))
         return _replace(row, guest_node=guest, container_node=",".join(nodes), check=check,

@@ -279,6 +279,16 @@ def test_wait_pci_resolves_a_guest_pci_path(guest: Guest) -> None:
 
 
 @vm
+def test_serial_identifies_nvme_and_virtio_blk(guest: Guest) -> None:
+    nvme = guest.agent.call("wait-pci", "04/00", "5000", timeout=10).words[-1]
+    blk = guest.agent.call("wait-pci", "03/00", "5000", timeout=10).words[-1]
+    assert guest.agent.call("serial", nvme, timeout=10).fields == {"serial": "PODPLUG-NVME"}
+    assert guest.agent.call("serial", blk, timeout=10).fields == {"serial": "PODPLUG-VDA"}
+    with pytest.raises(AgentError, match="not-found"):
+        guest.agent.call("serial", "0000:00:01.0", timeout=10)  # virtio-serial: no serial
+
+
+@vm
 def test_wait_pci_times_out_for_an_absent_device(guest: Guest) -> None:
     start = time.monotonic()
     with pytest.raises(HotplugTimeout, match="guest wait-pci 06/00: PCI device"):

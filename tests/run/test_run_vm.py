@@ -52,7 +52,7 @@ def _assert_all_proven(report: RunReport, mode: str) -> None:
     assert gpu.planned_path and gpu.actual_path == gpu.planned_path
     assert len(gpu.guest_node.split()) == 2  # both functions of the group
     if mode == "vfio":
-        assert "bound to vfio-pci, vfio group" in gpu.check
+        assert "stand-in serial = host BDF; bound to vfio-pci, vfio group" in gpu.check
         assert gpu.container_node.startswith("/run/podplug/ctr/dev/vfio/")
     else:
         assert "guest driver nvme" in gpu.check
