@@ -200,6 +200,7 @@ def build_image(cache_dir: Path | None = None, *, force: bool = False) -> GuestI
             _publish(out, final, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        _sweep_stale(cache / "images", keep=final)
     image = _load_cached(final)
     if image is None:
         raise GuestImageError(f"{final}: image vanished right after it was built")
@@ -443,10 +444,14 @@ def _publish(out: Path, final: Path, staging: Path) -> None:
 _STALE_AFTER_S = 3600.0
 
 
-def _sweep_stale(tmp: Path) -> None:
-    """Remove staging directories that a killed builder left behind (older than an hour)."""
+def _sweep_stale(tmp: Path, keep: Path | None = None) -> None:
+    """Remove entries untouched for an hour: staging directories a killed builder left
+    behind, and (with ``keep``) images superseded by a newer kernel, agent or builder
+    (66 MB each). The hour spares an image that a concurrent older run may still load."""
     cutoff = time.time() - _STALE_AFTER_S
     for entry in tmp.iterdir():
+        if entry == keep:
+            continue
         try:
             if entry.stat().st_mtime < cutoff:
                 shutil.rmtree(entry, ignore_errors=True)

@@ -19,6 +19,7 @@ import ctypes
 import gzip
 import hashlib
 import lzma
+import os
 import shutil
 import signal
 import subprocess
@@ -454,3 +455,17 @@ def test_dynamic_busybox_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setattr(shutil, "which", lambda name: str(fake) if name == "busybox" else None)
     with pytest.raises(GuestImageError, match="busybox-static"):
         find_static_busybox()
+
+
+def test_superseded_images_are_swept_after_an_hour(tmp_path: Path) -> None:
+    from podplug.guest.image import _sweep_stale
+
+    old, fresh, keep = (tmp_path / n for n in ("old", "fresh", "keep"))
+    for d in (old, fresh, keep):
+        d.mkdir()
+        (d / "vmlinux").write_bytes(b"x")
+    hours_ago = time.time() - 7200
+    os.utime(old, (hours_ago, hours_ago))
+    os.utime(keep, (hours_ago, hours_ago))
+    _sweep_stale(tmp_path, keep=keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "keep"]
