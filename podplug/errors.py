@@ -20,6 +20,7 @@ with its own CLI exit code (``exit_code``)::
      │    ├── StateError            an operation was asked in the wrong lifecycle state
      │    ├── HotplugTimeout        the guest or QEMU did not confirm in time
      │    ├── PlacementMismatch     QEMU put a device somewhere other than planned
+     │    ├── BatchFailed           a hot-plug batch failed and was rolled back
      │    └── AgentError            the guest agent replied with an error or not at all
      └── (exit 7 is not an exception: ``podplug run`` found a device not usable)
 
@@ -233,3 +234,24 @@ class AgentError(VmError):
         self.verb = verb
         self.problem = problem
         super().__init__(f"guest agent {verb}: {problem}")
+
+
+class BatchFailed(VmError):
+    """A hot-plug batch stopped at one step; the steps before it were rolled back.
+
+    :ivar cause: the error that stopped it
+    :ivar command: the QMP command of the failed step; ``subject`` its device or node
+    :ivar container_path: the requested device the step belonged to
+    :ivar rollback_errors: what went wrong while undoing (empty when the undo was clean)
+    """
+
+    def __init__(self, cause: PodplugError, *, command: str, subject: str,
+                 container_path: str, rollback_errors: Sequence[str]) -> None:
+        self.cause = cause
+        self.command = command
+        self.subject = subject
+        self.container_path = container_path
+        self.rollback_errors = tuple(rollback_errors)
+        extra = f"; rollback problems: {'; '.join(rollback_errors)}" if rollback_errors else ""
+        super().__init__(f"{command} {subject} ({container_path}) failed, batch rolled back: "
+                         f"{cause}{extra}")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from podplug.errors import PlacementMismatch, PodplugError, QmpCommandError
+from podplug.errors import BatchFailed, PlacementMismatch, PodplugError, QmpCommandError
 from podplug.model.pci import GuestPciPath
 from podplug.plan.sequence import Step, StepKind, undo
 from podplug.vm.process import Vm
@@ -80,20 +80,6 @@ def _device_del(vm: Vm, step: Step, deadline: float) -> None:
             time.sleep(BUSY_RETRY_S)
 
 
-class BatchFailed(PodplugError):
-    """Wraps the error that stopped a batch, after the batch was rolled back."""
-
-    exit_code = 6
-
-    def __init__(self, cause: PodplugError, failed: Step, rollback_errors: Sequence[str]):
-        self.cause = cause
-        self.failed = failed
-        self.rollback_errors = tuple(rollback_errors)
-        extra = f"; rollback problems: {'; '.join(rollback_errors)}" if rollback_errors else ""
-        super().__init__(f"{failed.kind.value} {failed.subject} ({failed.container_path}) "
-                         f"failed, batch rolled back: {cause}{extra}")
-
-
 def carry_batch(vm: Vm, steps: Sequence[Step]) -> list[StepResult]:
     """Carry out ``steps`` in order; on failure undo the ones that succeeded.
 
@@ -108,7 +94,9 @@ def carry_batch(vm: Vm, steps: Sequence[Step]) -> list[StepResult]:
             if isinstance(exc, PlacementMismatch):
                 done.append(step)  # it was added: it must come out again
             problems = rollback(vm, done)
-            raise BatchFailed(exc, step, problems) from exc
+            raise BatchFailed(exc, command=step.kind.value, subject=step.subject,
+                              container_path=step.container_path,
+                              rollback_errors=problems) from exc
         done.append(step)
         results.append(result)
     return results
