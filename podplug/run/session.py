@@ -136,7 +136,7 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
         argv = guest_argv(plan, image, sock, emulate=emulate, hotplug=options.hotplug,
                           memory_mib=options.memory_mib, accel=accel)
         clock.say("booting VM")
-        with clock.phase("launch"), Vm(argv, accel=accel, tmp_parent=tmp) as vm:
+        with clock.phase("vm_total"), Vm(argv, accel=accel, tmp_parent=tmp) as vm:
             rows = _run_in_vm(vm, plan, inputs, options, clock, sock, emulate)
     clock.say("VM stopped, temporary files removed")
     return RunReport(tuple(rows), accel.value, emulate and has_vfio, tuple(notes),
