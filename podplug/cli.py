@@ -75,10 +75,14 @@ def cmd_fake_host(args: argparse.Namespace) -> int:
     from podplug.host.fakesysfs import demo_host, eight_gpu_host, write_fake_sysfs
 
     root = Path(args.dir)
-    backing = str((root.parent / f"{root.name}-disk.img").resolve())
-    host = demo_host(backing) if args.host == "demo" else eight_gpu_host(backing)
+    backing = (root.parent / f"{root.name}-disk.img").resolve()
+    host = demo_host(str(backing)) if args.host == "demo" else eight_gpu_host(str(backing))
     write_fake_sysfs(root, host)
-    print(f"wrote a FAKE sysfs tree (stand-in for a real host, {args.host}) to {root}")
+    if not backing.exists():
+        with open(backing, "wb") as handle:  # sparse: the loop device's backing file
+            handle.truncate(64 << 20)
+    print(f"wrote a FAKE sysfs tree (stand-in for a real host, {args.host}) to {root}; "
+          f"its loop0 is backed by {backing}")
     return 0
 
 
