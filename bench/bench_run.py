@@ -66,6 +66,7 @@ from podplug.run.session import guest_argv  # noqa: E402
 from podplug.vm.hotplug import carry  # noqa: E402
 from podplug.vm.process import Accel, Vm  # noqa: E402
 from podplug.vm.qmp import DEFAULT_REPLY_TIMEOUT_S  # noqa: E402
+from tests.support import live_qemu  # noqa: E402
 
 DEMO = REPO / "podplug" / "demo"
 ACCEL = Accel.TCG
@@ -444,20 +445,6 @@ def bench_cli(runs: int, tmpdir: Path) -> str:
 
 # --- leftovers -------------------------------------------------------------------------------
 
-def qemu_children() -> set[int]:
-    me, found = os.getpid(), set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if "qemu-system" in stat and int(fields[1]) == me and fields[0] != "Z":
-                found.add(int(entry.name))
-    return found
-
-
 def leftovers(root: Path) -> list[str]:
     """VM directories (kept by :func:`booted`) and what ``podplug run`` left in its TMPDIR."""
     cli = [f"TMPDIR/{p.name}" for p in (root / "cli-tmp").glob("*")]
@@ -516,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(bench_cli(args.cli_runs, root / "cli-tmp"))
         left = leftovers(root)
 
-    qemu_left = qemu_children()
+    qemu_left = live_qemu(os.getpid())
     print(f"\nleft behind: {len(qemu_left)} QEMU child processes; {len(left)} files or "
           f"directories of VMs or `podplug run` {left or ''}")
     print(f"load average at end: {load()}; benchmark wall time "

@@ -118,3 +118,30 @@ def block(minor: int, path: str = "") -> ContainerDevice:
 def request(*devices: ContainerDevice, sandbox: bool = False) -> ContainerRequest:
     kind = ContainerType.SANDBOX if sandbox else ContainerType.CONTAINER
     return ContainerRequest(tuple(devices), {}, kind)
+
+
+def live_qemu(parent: int | None = None) -> set[int]:
+    """PIDs of live (not zombie) ``qemu-system`` processes, optionally only children of
+    ``parent``: what a run must not leave behind."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat.split("(", 1)[1].rsplit(")", 1)[0]
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if name.startswith("qemu-system") and state != "Z" and (
+                parent is None or int(ppid) == parent):
+            found.add(int(entry.name))
+    return found
+
+
+def podplug_temp_entries() -> set[str]:
+    """Names in the temporary directory that podplug creates (``podplug-*``)."""
+    import tempfile
+
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir()
+            if p.name.startswith("podplug-")}

@@ -6,32 +6,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.support import live_qemu, podplug_temp_entries
+
 pytestmark = pytest.mark.vm
-
-
-def _ours() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).iterdir()
-            if p.name.startswith("podplug-")}
-
-
-def _qemu_pids() -> set[int]:
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes()
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if b"qemu-system" in cmd and b"podplug-run-" in cmd and state != "Z":
-                pids.add(int(entry.name))
-    return pids
 
 
 def _run_until(marker: str, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
@@ -51,7 +32,7 @@ def _run_until(marker: str, *args: str) -> tuple[subprocess.Popen[str], list[str
 @pytest.mark.parametrize(("marker", "extra"), [("booting VM", ()),
                                                ("keeping the VM running", ("--keep-running",))])
 def test_ctrl_c_cleans_up(marker: str, extra: tuple[str, ...]) -> None:
-    before_dirs, before_qemu = _ours(), _qemu_pids()
+    before_dirs, before_qemu = podplug_temp_entries(), live_qemu()
     proc, seen = _run_until(marker, *extra)
     assert any(marker in line for line in seen), "".join(seen)
     time.sleep(1.0)
@@ -64,5 +45,5 @@ def test_ctrl_c_cleans_up(marker: str, extra: tuple[str, ...]) -> None:
     else:
         assert proc.returncode == 130, text
         assert "interrupted" in text
-    assert _qemu_pids() <= before_qemu
-    assert _ours() <= before_dirs
+    assert live_qemu() <= before_qemu
+    assert podplug_temp_entries() <= before_dirs

@@ -6,7 +6,6 @@ guest image cannot be had."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from podplug.model.enums import HotplugMode
 from podplug.run.report import RunReport
 from podplug.run.session import RunOptions, run
 from podplug.vm.process import Accel
-from tests.support import REPO
+from tests.support import REPO, live_qemu, podplug_temp_entries
 
 pytestmark = pytest.mark.vm
 
@@ -93,31 +92,11 @@ def test_rejected_device_makes_run_exit_7(tmp_path: Path,
     assert "2 of 3 requested devices usable" in out
 
 
-def _qemu_children() -> set[int]:
-    me = os.getpid()
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if "qemu-system" in stat and int(fields[1]) == me and fields[0] != "Z":
-                found.add(int(entry.name))
-    return found
-
-
-def _ours() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).iterdir()
-            if p.name.startswith("podplug-")}
-
-
 def test_demo_runs_and_leaves_nothing_behind(capsys: pytest.CaptureFixture[str]) -> None:
-    before = _ours()
+    before = podplug_temp_entries()
     assert main(["run", "--accel", "tcg"]) == 0
     out = capsys.readouterr().out
     assert "3 of 3 requested devices usable in the guest" in out
     assert "VFIO EMULATED" in out
-    assert _ours() <= before  # no temp dir or socket left
-    assert _qemu_children() == set()
+    assert podplug_temp_entries() <= before  # no temp dir or socket left
+    assert live_qemu(os.getpid()) == set()
