@@ -100,3 +100,17 @@ def test_demo_runs_and_leaves_nothing_behind(capsys: pytest.CaptureFixture[str])
     assert "VFIO EMULATED" in out
     assert podplug_temp_entries() <= before  # no temp dir or socket left
     assert live_qemu(os.getpid()) == set()
+
+
+def test_real_vfio_without_host_devices_fails_cleanly(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--no-emulate-vfio`` on a host without the devices (these machines: no IOMMU): QEMU
+    refuses the real ``vfio-pci`` device; podplug exits 6 naming it and leaves nothing."""
+    before = podplug_temp_entries()
+    assert main(["run", "--no-emulate-vfio", "--accel", "tcg"]) == 6
+    captured = capsys.readouterr()
+    assert "VFIO: real host devices passed with vfio-pci" in captured.out
+    assert "vfio-pci,id=vfio-0000-41-00-0,host=0000:41:00.0" in captured.err
+    assert "no such host device" in captured.err
+    assert podplug_temp_entries() <= before
+    assert live_qemu(os.getpid()) == set()
