@@ -23,6 +23,7 @@ of its own;
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 from podplug.errors import UnsupportedPlatform
 from podplug.inputs.kata import RuntimeConfig
@@ -37,7 +38,7 @@ from podplug.model.enums import (
     VfioMode,
 )
 from podplug.model.host import HostInventory
-from podplug.model.pci import GuestPciPath
+from podplug.model.pci import Bdf, GuestPciPath
 from podplug.model.request import ContainerRequest
 from podplug.plan.model import AgentDevice, BlockdevNode, DevicePlan, Plan, PlannedFunction
 from podplug.plan.presentation import (
@@ -78,6 +79,25 @@ def _check_platform(config: RuntimeConfig) -> None:
                                   PLANNED_MACHINES)
 
 
+def _reject_repeats(routed: tuple[Routed, ...]) -> tuple[Routed, ...]:
+    """A host function can be passed once: a later node that brings a function an earlier
+    one already brings (``/dev/vfio/12`` and its iommufd cdev, say) is rejected, naming it."""
+    claimed: dict[Bdf, str] = {}
+    out = []
+    for item in routed:
+        source = item.vfio
+        if source is not None and item.bucket is not Bucket.REJECTED:
+            taken = [f.bdf for f in source.functions if f.bdf in claimed]
+            if taken:
+                item = replace(item, bucket=Bucket.REJECTED, reason=(
+                    f"{', '.join(map(str, taken))} already passed with "
+                    f"{claimed[taken[0]]}: a host function is assigned once"))
+            else:
+                claimed.update((f.bdf, item.device.path) for f in source.functions)
+        out.append(item)
+    return tuple(out)
+
+
 def plan(
     config: RuntimeConfig, request: ContainerRequest, inventory: HostInventory,
     *, hotplug: HotplugMode = HotplugMode.ACPI,
@@ -93,8 +113,9 @@ def plan(
     """
     _check_platform(config)
     hv = config.hypervisor
-    routed = route(request, inventory, vfio_mode=config.vfio_mode,
-                   cold=hv.cold_plug_vfio, hot=hv.hot_plug_vfio, hotplug=hotplug)
+    routed = _reject_repeats(route(request, inventory, vfio_mode=config.vfio_mode,
+                                   cold=hv.cold_plug_vfio, hot=hv.hot_plug_vfio,
+                                   hotplug=hotplug))
     port = hv.vfio_port
     flat = hv.kind is Hypervisor.CLOUD_HYPERVISOR
     units: dict[int, tuple[PlugUnit, ...]] = {}

@@ -17,7 +17,8 @@ from tests.support import block, config, inventory, iommufd_dev, request, vfio_c
 HOST = inventory(groups=10, functions=2, blocks=6, iommufd=2, nvswitches=2)
 
 device_pool = st.sampled_from(
-    [vfio_group(12 + g) for g in range(10)] + [vfio_group(100), vfio_group(101), vfio_group(9)]
+    [vfio_group(12 + g) for g in range(10)] + [vfio_group(100), vfio_group(101), vfio_group(9),
+                                                 vfio_group(200)]
     + [block(i) for i in range(7)] + [iommufd_dev(0), iommufd_dev(1), vfio_control()]
     + [ContainerDevice("/dev/null", NodeType.CHAR, 1, 3),
        ContainerDevice("/dev/sr0", NodeType.BLOCK, 11, 0)]
@@ -98,3 +99,12 @@ def test_vfio_mode_never_changes_which_devices_exist(mode: str, port: str, drive
     b = plan(config(other, port, "no-port", driver), request(*devices), HOST)
     assert [d.bucket for d in a.devices] == [d.bucket for d in b.devices]
     assert [d.qemu_devices for d in a.devices] == [d.qemu_devices for d in b.devices]
+
+
+def test_a_host_function_is_passed_once() -> None:
+    result = plan(config("vfio", "root-port"), request(vfio_group(200), iommufd_dev(0)),
+                  inventory(0, iommufd=1))
+    first, second = result.devices
+    assert first.bucket is Bucket.COLD_VFIO
+    assert second.bucket is Bucket.REJECTED
+    assert "0000:c0:00.0 already passed with /dev/vfio/200" in second.reason
