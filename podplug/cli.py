@@ -112,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         accel=Accel(args.accel), emulate_vfio=args.emulate_vfio,
         hotplug=HotplugMode(args.hotplug), keep_running=args.keep_running,
         cache_dir=Path(args.cache) if args.cache else None, progress=progress,
+        boot_timeout=args.boot_timeout,
     )
     with tempfile.TemporaryDirectory(prefix="podplug-demo-") as tmp:
         if args.config is None and args.spec is None:
@@ -263,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="emulated stand-ins for VFIO devices (default: when no host IOMMU)")
     r.add_argument("--hotplug", choices=("acpi", "native"), default="acpi")
     r.add_argument("--keep-running", action="store_true")
+    r.add_argument("--boot-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds to wait for the guest agent (default 60; nested TCG "
+                   "guests need minutes)")
     r.add_argument("--json", action="store_true", help="the report as JSON on stdout")
     r.add_argument("--cache", metavar="DIR", help="guest image cache (~/.cache/podplug)")
     r.set_defaults(func=cmd_run)

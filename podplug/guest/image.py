@@ -326,13 +326,16 @@ def _resolve_cached(cache: Path) -> tuple[str, str]:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     package, version = resolve_kernel_package()
-    cache.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"fingerprint": fingerprint, "package": package, "version": version})
-    fd, tmp = tempfile.mkstemp(prefix=".apt-resolution-", dir=cache)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, memo)
+    try:  # only a memo: a read-only cache (a nested run sharing the host's) just skips it
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".apt-resolution-", dir=cache)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, memo)
+    except OSError:
+        pass
     return package, version
 
 

@@ -48,6 +48,7 @@ class RunOptions:
     keep_running: bool = False
     cache_dir: Path | None = None
     memory_mib: int = 512
+    boot_timeout: float = 60.0  # to a ready agent; ~5 s here, minutes when nested
     progress: Callable[[str], None] = field(default=lambda _: None, compare=False)
 
 
@@ -147,7 +148,7 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
                sock: Path, emulate: bool) -> list[DeviceRow]:
     with contextlib.closing(AgentClient.connect(sock)) as agent:
         with clock.phase("boot"):
-            agent.wait_ready(60.0)
+            agent.wait_ready(options.boot_timeout)
         clock.say(f"guest agent ready ({clock.timings['boot']:.2f} s after QMP)")
         actual: dict[str, str] = {}
         for device in plan.in_bucket(Bucket.COLD_VFIO):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from podplug.errors import AgentError, HotplugTimeout
@@ -144,3 +146,45 @@ def test_every_verb_is_documented_in_the_agent_script() -> None:
     for verb in VERBS:
         assert f"\n#   {verb}" in script, verb
         assert f"        {verb}) _fn=v_" in script, verb
+
+
+def test_wait_ready_skips_pings_while_the_channel_is_full() -> None:
+    """Before the guest opens its port QEMU stops reading the socket; pings that the full
+    socket cannot take are skipped instead of failing the wait (seen nested: minutes)."""
+    import socket
+    import threading
+    from pathlib import Path
+
+    from podplug.guest.agent_client import AgentClient
+
+    ours, qemu_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.settimeout(0.0)
+    try:
+        while True:
+            ours.send(b"x" * 1024)  # fill the channel, as early pings do
+    except BlockingIOError:
+        pass
+
+    def guest_opens_port_late() -> None:
+        time.sleep(1.5)
+        qemu_side.settimeout(5.0)
+        buf = b""
+        while True:
+            buf += qemu_side.recv(65536)
+            for line in buf.split(b"\n"):
+                words = line.split()
+                if len(words) == 2 and words[1] == b"ping" and words[0].startswith(b"p"):
+                    qemu_side.sendall(words[0] + b" OK pong version=1\n")
+                    return
+
+    peer = threading.Thread(target=guest_opens_port_late)
+    peer.start()
+    client = AgentClient(ours, Path("socketpair"))
+    try:
+        reply = client.wait_ready(10.0)
+    finally:
+        peer.join()
+        client.close()
+        qemu_side.close()
+    assert reply.payload.startswith("pong")
