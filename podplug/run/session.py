@@ -16,7 +16,7 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from podplug.errors import PodplugError
@@ -199,4 +199,4 @@ def _report_order(plan: Plan) -> list[DevicePlan]:
 def _timed(row: DeviceRow, seconds: float, results: list[StepResult],
            device: DevicePlan) -> DeviceRow:
     plugged = sum(r.seconds for r in results if r.step.container_path == device.request.path)
-    return DeviceRow(**{**row.__dict__, "seconds": seconds + plugged})
+    return replace(row, seconds=seconds + plugged)

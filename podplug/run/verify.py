@@ -21,6 +21,7 @@ What counts as proof, per bucket (the Kata agent's own steps, done for real in t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import replace as _replace
 
 from podplug.errors import PodplugError
 from podplug.guest.agent_client import AgentClient
@@ -161,7 +162,3 @@ class GuestProver:
         mode = f"{device.request.file_mode or 0o660:o}"
         reply = self._call("mknod", self.container_dir, path, kind, major, minor, mode)
         return reply.fields["path"]
-
-
-def _replace(row: DeviceRow, **changes: object) -> DeviceRow:
-    return DeviceRow(**{**row.__dict__, **changes})
