@@ -160,7 +160,7 @@ def booted(plan: Plan, image: GuestImage, root: Path) -> Iterator[tuple[Vm, Agen
     its directory (below ``root``) removed on every exit path."""
     with tempfile.TemporaryDirectory(prefix="vm-", dir=root) as tmp:
         sock = Path(tmp) / "agent.sock"
-        argv = guest_argv(plan, image, sock, emulate=True, hotplug=plan.hotplug,
+        argv = guest_argv(plan, image, sock, emulate=True,
                           memory_mib=MEMORY_MIB, accel=ACCEL)
         started = time.monotonic()
         with Vm(argv, accel=ACCEL, tmp_parent=tmp, name="bench") as vm:

@@ -23,9 +23,9 @@ from enum import IntEnum
 from podplug.errors import ConfigError, PlanError
 from podplug.inputs.kata import RuntimeConfig
 from podplug.matrix.kata_models import KataEra, KataOutcome, select_devices
-from podplug.model.enums import Bucket, PortKind, VfioMode
+from podplug.model.enums import Bucket, NodeType
 from podplug.model.host import HostInventory
-from podplug.model.request import ContainerRequest
+from podplug.model.request import ContainerDevice, ContainerRequest
 from podplug.plan.model import Plan
 from podplug.plan.plan import plan as make_plan
 from podplug.plan.route import is_vfio_path, resolve_vfio
@@ -48,32 +48,38 @@ class Finding:
     fix: str = ""
 
 
-_FIXED_IN = {
-    KataEra.KATA_3_14_3_16: ("3.17.0", "PR #11289"),
-    KataEra.KATA_3_17_3_31: ("3.32.0", "PR #13103"),
-    KataEra.KATA_3_32_4_0: ("4.1.0", "PR #13681"),
-}
-
-
-def _kata_fix(era: KataEra, config: RuntimeConfig) -> str:
+def _kata_fix(era: KataEra, config: RuntimeConfig, request: ContainerRequest) -> str:
+    """The first later era whose model keeps every device of ``request``, and the swap of
+    cold for hot plug (which no era's either/or selection touches)."""
     hv = config.hypervisor
-    release, pr = _FIXED_IN.get(era, ("", ""))
-    swap = (f'or set hot_plug_vfio = "{hv.cold_plug_vfio.value}" and cold_plug_vfio = '
+    swap = (f'set hot_plug_vfio = "{hv.cold_plug_vfio.value}" and cold_plug_vfio = '
             f'"no-port" in [{hv.section}]')
-    return f"upgrade Kata to {release} or later ({pr}), {swap}" if release else swap
+    eras = list(KataEra)
+    for later in eras[eras.index(era) + 1:]:
+        if not select_devices(later, request, config).problems:
+            return (f"upgrade Kata to {later.first_release}.0 or later (PR #{later.pr}), "
+                    f"or {swap}")
+    return swap
+
+
+#: With no spec, the era's model is asked about a typical pod: a GPU group, its control
+#: node and a raw block volume (the #11288 pod). The model decides; nothing here re-derives it.
+_PROBE = ContainerRequest((
+    ContainerDevice("/dev/vfio/vfio", NodeType.CHAR, 10, 196),
+    ContainerDevice("/dev/vfio/1", NodeType.CHAR, 236, 1),
+    ContainerDevice("/dev/xda", NodeType.BLOCK, 7, 0),
+))
 
 
 def _era_risk(era: KataEra, config: RuntimeConfig) -> str:
-    """The device class an era drops for this configuration, or ''."""
-    cold = config.hypervisor.cold_plug_vfio is not PortKind.NO_PORT
-    vfio = config.vfio_mode is VfioMode.VFIO
-    if era is KataEra.KATA_3_14_3_16 and cold:
-        return ("every non-VFIO device (block volumes, /dev/vfio/vfio) of a container with "
-                "VFIO cold plug (#11288)") if vfio else \
-            "the cold-plugged VFIO entries (agent: 'No PCI mapping found')"
-    if era is KataEra.KATA_3_17_3_31 and cold and not vfio:
-        return "the cold-plugged VFIO entries (agent: 'No PCI mapping found'; PR #13103)"
-    return ""
+    """What the era's model drops from the probe pod under this configuration, or ''."""
+    selection = select_devices(era, _PROBE, config)
+    lost = [e for e in selection.entries
+            if e.outcome in (KataOutcome.DROPPED_SILENTLY, KataOutcome.FILTERED)]
+    if not lost:
+        return ""
+    return (", ".join(e.device.path for e in lost) + " of a pod with a VFIO group, "
+            f"/dev/vfio/vfio and a block volume ({lost[0].reason})")
 
 
 def kata_findings(era: KataEra, version: str, config: RuntimeConfig,
@@ -83,7 +89,7 @@ def kata_findings(era: KataEra, version: str, config: RuntimeConfig,
         if risk:
             return [Finding(Severity.WARNING, "kata-version",
                             f"Kata {version} ({era.value}) drops {risk} with this "
-                            "configuration", _kata_fix(era, config))]
+                            "configuration", _kata_fix(era, config, _PROBE))]
         return [Finding(Severity.OK, "kata-version",
                         f"Kata {version} ({era.value}): no known device loss for this "
                         "configuration")]
@@ -94,7 +100,7 @@ def kata_findings(era: KataEra, version: str, config: RuntimeConfig,
         if entry.outcome in (KataOutcome.DROPPED_SILENTLY, KataOutcome.FILTERED):
             findings.append(Finding(Severity.ERROR, "kata-version",
                                     f"Kata {version} drops {path}: {entry.reason}",
-                                    _kata_fix(era, config)))
+                                    _kata_fix(era, config, request)))
         elif entry.outcome is KataOutcome.FAILS_AT_ATTACH:
             findings.append(Finding(Severity.ERROR, "kata-version",
                                     f"Kata {version} fails to attach {path}: {entry.reason}",

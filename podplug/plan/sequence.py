@@ -28,10 +28,12 @@ from podplug.plan.model import BlockdevNode, DevicePlan, Plan, QemuDevice
 
 
 class StepKind(Enum):
+    OBJECT_ADD = "object-add"
     BLOCKDEV_ADD = "blockdev-add"
     DEVICE_ADD = "device_add"
     DEVICE_DEL = "device_del"
     BLOCKDEV_DEL = "blockdev-del"
+    OBJECT_DEL = "object-del"
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,10 @@ def plug_steps(
     drive: Callable[[BlockdevNode], BlockdevNode] = lambda n: n,
 ) -> tuple[Step, ...]:
     """The steps that plug ``devices``; ``device``/``drive`` map what is plugged (stand-ins,
-    backing files) without changing where."""
+    backing files) without changing where. An iommufd object a mapped device still names is
+    created just before it (``object-add``)."""
     steps: list[Step] = []
+    objects: set[str] = set()
     for planned in devices:
         path = planned.request.path
         if planned.blockdev is not None:
@@ -84,7 +88,13 @@ def plug_steps(
         for qemu in planned.plug_order:
             expect = paths.get(qemu.id) or (planned.guest_paths[0] if planned.guest_paths
                                             else None)
-            steps.append(_device_add(device(qemu), expect, path))
+            plugged = device(qemu)
+            name = dict(plugged.props).get("iommufd")
+            if name is not None and str(name) not in objects:
+                objects.add(str(name))
+                steps.append(Step(StepKind.OBJECT_ADD, str(name), path,
+                                  {"qom-type": "iommufd", "id": str(name)}))
+            steps.append(_device_add(plugged, expect, path))
     return tuple(steps)
 
 
@@ -98,6 +108,9 @@ def undo(done: Sequence[Step]) -> tuple[Step, ...]:
         elif step.kind is StepKind.BLOCKDEV_ADD:
             steps.append(Step(StepKind.BLOCKDEV_DEL, step.subject, step.container_path,
                               {"node-name": step.subject}))
+        elif step.kind is StepKind.OBJECT_ADD:
+            steps.append(Step(StepKind.OBJECT_DEL, step.subject, step.container_path,
+                              {"id": step.subject}))
     return tuple(steps)
 
 
@@ -117,4 +130,7 @@ def unplug_steps(devices: Sequence[DevicePlan]) -> tuple[Step, ...]:
         if planned.blockdev is not None:
             name = planned.blockdev.node_name
             steps.append(Step(StepKind.BLOCKDEV_DEL, name, path, {"node-name": name}))
+        for name in sorted({str(dict(q.props)["iommufd"]) for q in planned.qemu_devices
+                            if "iommufd" in dict(q.props)}):
+            steps.append(Step(StepKind.OBJECT_DEL, name, path, {"id": name}))
     return tuple(steps)

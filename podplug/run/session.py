@@ -54,10 +54,10 @@ class RunOptions:
 
 
 def guest_argv(plan: Plan, image: GuestImage, sock: Path, *, emulate: bool,
-               hotplug: HotplugMode, memory_mib: int, accel: Accel) -> list[str]:
-    """The QEMU arguments after the ones :class:`Vm` adds (pure)."""
+               memory_mib: int, accel: Accel) -> list[str]:
+    """The QEMU arguments after the ones :class:`Vm` adds (pure); the hot-plug mode comes
+    with the plan (:func:`podplug.render.argv.render_argv`)."""
     append = image.cmdline + (" intel_iommu=on" if plan.guest_iommu else "")
-    del hotplug  # the plan carries it (render_argv)
     argv = [
         "-cpu", "host" if accel is Accel.KVM else "max", "-smp", "1", "-m", str(memory_mib),
         "-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", append,
@@ -135,7 +135,7 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
     clock.say(f"accelerator {accel.value} ({why})")
     with tempfile.TemporaryDirectory(prefix="podplug-run-") as tmp:
         sock = Path(tmp) / "agent.sock"
-        argv = guest_argv(plan, image, sock, emulate=emulate, hotplug=options.hotplug,
+        argv = guest_argv(plan, image, sock, emulate=emulate,
                           memory_mib=options.memory_mib, accel=accel)
         clock.say("booting VM")
         with clock.phase("vm_total"), Vm(argv, accel=accel, tmp_parent=tmp) as vm:

@@ -38,7 +38,7 @@ def test_failed_batch_leaves_nothing_plugged(tmp_path: Path) -> None:
     steps[-1] = replace(last, arguments={**last.arguments, "bus": "no-such-bus"})
     with tempfile.TemporaryDirectory(prefix="podplug-t-") as tmp:
         sock = Path(tmp) / "agent.sock"
-        argv = guest_argv(p, build_image(), sock, emulate=True, hotplug=p.hotplug,
+        argv = guest_argv(p, build_image(), sock, emulate=True,
                           memory_mib=512, accel=Accel.TCG)
         with Vm(argv, accel=Accel.TCG, tmp_parent=tmp) as vm, AgentClient.connect(sock) as agent:
             agent.wait_ready(60.0)

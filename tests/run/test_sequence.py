@@ -73,3 +73,19 @@ def test_unplug_one_device_del_per_slot_then_node() -> None:
         (StepKind.BLOCKDEV_DEL, "drive-blk0", ()),
         (StepKind.DEVICE_DEL, "vfio-0000-41-00-0", ("vfio-0000-41-00-1",)),
     ]
+
+
+def test_iommufd_object_comes_before_its_device_and_goes_after() -> None:
+    from tests.support import iommufd_dev
+
+    p = plan(config("guest-kernel", hot="root-port"), request(iommufd_dev(0)),
+             inventory(0, iommufd=1))
+    plug = plug_steps(hot_devices(p))
+    assert [(s.kind, s.subject) for s in plug] == [
+        (StepKind.OBJECT_ADD, "iommufd0"), (StepKind.DEVICE_ADD, "vfio-0000-c0-00-0")]
+    assert plug[1].arguments["iommufd"] == "iommufd0"
+    assert [s.kind for s in unplug_steps(hot_devices(p))] == [StepKind.DEVICE_DEL,
+                                                               StepKind.OBJECT_DEL]
+    assert [s.kind for s in undo(plug)] == [StepKind.DEVICE_DEL, StepKind.OBJECT_DEL]
+    assert not any(s.kind is StepKind.OBJECT_ADD
+                   for s in plug_steps(hot_devices(p), device=stand_in))  # stand-in: no fd
