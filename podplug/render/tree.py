@@ -31,13 +31,10 @@ def _children(plan: Plan) -> dict[str, list[tuple[str, str]]]:
     for controller in plan.topology.controllers:
         children.setdefault(controller.bus, []).append(("ctl", controller.id))
     for device in plan.devices:
-        for index, qemu in enumerate(device.qemu_devices):
-            bus = qemu.bus
-            paths = device.guest_paths
-            path = str(paths[min(index, len(paths) - 1)]) if paths else ""
-            if device.functions:
-                path = _function_path(device, qemu)
-            children.setdefault(bus, []).append(("dev", _device_line(qemu, device, path)))
+        for qemu in device.qemu_devices:
+            path = _function_path(device, qemu) if device.functions else (
+                str(device.guest_paths[0]) if device.guest_paths else "")
+            children.setdefault(qemu.bus, []).append(("dev", _device_line(qemu, device, path)))
     return children
 
 
