@@ -49,17 +49,48 @@
 #                                           offset=N restored=ok (direct I/O; the 4 KiB
 #                                           block at N is saved, overwritten with a marker,
 #                                           read back and restored; write=ro on a read-only
-#                                           device); char: OK type=c read=N|error md5=HEX
-#                                           (read only, bounded to 2 s)
+#                                           device); char: OK type=c open=ok|error
+#                                           read=N|error md5=HEX (read only, bounded to 2 s)
 #   vfio-bind BDF                           OK group=G dev=/dev/vfio/G devnum=MAJ:MIN
 #                                           driver=vfio-pci previous=DRIVER|-
 #   fs-check NODE                           OK fs=ext2|ext4 write=ok readback=ok
 #                                           DESTRUCTIVE: mkfs (busybox mke2fs makes ext2
 #                                           when there is no mkfs.ext4), mount, write a
 #                                           file, unmount, remount, read it back, unmount.
-#   serial BDF                              OK serial=TEXT (an nvme controller's or a
-#                                           virtio-blk disk's serial; the VFIO stand-in
-#                                           carries the host BDF it stands for)
+#   serial BDF|DISK                         OK serial=TEXT (an nvme controller's or a
+#                                           virtio-blk disk's serial by PCI address, or a
+#                                           disk's by block name: virtio-blk serial, SCSI
+#                                           VPD page 0x80; the VFIO stand-in carries the
+#                                           host BDF it stands for)
+#   modules GROUP                           OK group=GROUP: load a module group of
+#                                           /etc/podplug/modules (boot, vfio, fs) now
+#   bars BDF                                "- INDEX START END FLAGS" lines (hex, from
+#                                           sysfs resource; every non-empty BAR and bridge
+#                                           window, 13-15 = IO/mem/prefetchable windows);
+#                                           OK COUNT
+#   device DIR MODE MS TYPE ID VM_PATH CPATH [OPTION]...
+#                                           resolve ONE kata-agent Device entry the way
+#                                           Kata's agent does, from the entry alone
+#                                           (TYPE, ID, VM_PATH - for empty, CPATH and
+#                                           OPTIONs exactly as the runtime rendered them;
+#                                           MODE is the spec's octal file mode, MS the
+#                                           device wait):
+#                                           blk: ID is the PCI path of the virtio-blk
+#                                             device; the disk below it gets a node at
+#                                             DIR/CPATH with the guest numbers:
+#                                             OK type=blk node=N devnum=M:m vm_path=/dev/X
+#                                           scsi: ID is TARGET:LUN on the virtio-scsi
+#                                             controller: OK type=scsi node=N devnum=M:m
+#                                             vm_path=/dev/sdX
+#                                           vfio-pci: each OPTION is HOSTBDF=PCIPATH; each
+#                                             function is waited for, bound to vfio-pci,
+#                                             and all must share one guest IOMMU group G;
+#                                             the node is DIR/dev/vfio/G (the agent's
+#                                             DevUpdate): OK type=vfio-pci node=N
+#                                             devnum=M:m group=G map=HOST>GUEST,...
+#                                           vfio-pci-gk: each function is waited for and
+#                                             left on its guest driver, no node:
+#                                             OK type=vfio-pci-gk map=HOST>GUEST,...
 
 PATH=/sbin:/bin:/usr/sbin:/usr/bin
 export PATH
@@ -194,6 +225,107 @@ stat_node() {
     MAJ=$((0x$1)); MIN=$((0x$2)); MODE=$3
 }
 
+# check_dir DIR: the container dev directory, below /run/podplug/
+check_dir() {
+    check_abs DIR "$1"
+    case $1 in /run/podplug/?*) ;; *) fail invalid "DIR must be below /run/podplug/" ;; esac
+}
+
+# check_mode MODE: octal permission bits
+check_mode() {
+    case $1 in [0-7][0-7][0-7]|[0-7][0-7][0-7][0-7]) ;; *) fail invalid "MODE must be octal" ;; esac
+}
+
+# place_node DIR CPATH TYPE MAJOR MINOR MODE: N = DIR/CPATH, a fresh node with those numbers
+place_node() {
+    N=${1%/}$2
+    mkdir -p "${N%/*}" || fail failed "cannot create ${N%/*}"
+    rm -f "$N"
+    mknod -m "$6" "$N" "$3" "$4" "$5" || fail failed "mknod $N failed"
+    stat_node "$N" || fail failed "$N is not a device node after mknod"
+}
+
+# find_blk_pci P MS: B = the whole-disk block names below the device at PCI path P
+find_blk_pci() {
+    local _deadline
+    now_cs; _deadline=$((NOW + ($2 + 9) / 10))
+    wait_path "$1" "$2"
+    while :; do
+        disks_below "$D"
+        [ -n "$B" ] && return 0
+        now_cs
+        if [ "$NOW" -ge "$_deadline" ]; then
+            [ "$2" -gt 0 ] && fail timeout "no block device below ${R##* } ($1) after $2 ms"
+            fail not-found "no block device below ${R##* } ($1)"
+        fi
+        sleep 0.02
+    done
+}
+
+# find_blk_scsi ADDR MS: B = the disk names at SCSI address H:C:T:L or Kata's TARGET:LUN
+find_blk_scsi() {
+    local _old _x _pat _scan _hosts _deadline _scanned _b _h _ms=$2
+    _old=$IFS; IFS=:; set -- $1; IFS=$_old
+    for _x; do is_uint "$_x" || fail invalid "SCSI address parts must be numbers"; done
+    case $# in
+        2) _pat="*:0:$1:$2"; _scan="0 $1 $2"; _hosts="/sys/class/scsi_host/host*" ;;
+        4) _pat="$1:$2:$3:$4"; _scan="$2 $3 $4"; _hosts="/sys/class/scsi_host/host$1" ;;
+        *) fail invalid "SCSI address must be H:C:T:L or TARGET:LUN" ;;
+    esac
+    now_cs; _deadline=$((NOW + (_ms + 9) / 10)); _scanned=
+    while :; do
+        B=
+        for _b in /sys/bus/scsi/devices/$_pat/block/*; do
+            [ -e "$_b" ] && B="$B ${_b##*/}"
+        done
+        B=${B# }
+        [ -n "$B" ] && return 0
+        if [ -z "$_scanned" ]; then
+            for _h in $_hosts; do [ -e "$_h/scan" ] && echo "$_scan" >"$_h/scan" 2>/dev/null; done
+            _scanned=1
+            continue
+        fi
+        now_cs
+        if [ "$NOW" -ge "$_deadline" ]; then
+            [ "$_ms" -gt 0 ] && fail timeout "no SCSI disk at $_pat after $_ms ms"
+            fail not-found "no SCSI disk at $_pat"
+        fi
+        sleep 0.02
+    done
+}
+
+# bind_vfio BDF: bind the function to vfio-pci (driver_override, unbind, drivers_probe, as
+# Kata's agent does); G = its guest IOMMU group, PREV = the driver it had
+bind_vfio() {
+    local _d=/sys/bus/pci/devices/$1 _l _drv
+    [ -d "$_d" ] || fail not-found "no PCI device $1"
+    [ -e "$_d/iommu_group" ] || fail no-iommu "$1 has no IOMMU group (boot with a vIOMMU and intel_iommu=on)"
+    G=$(readlink "$_d/iommu_group"); G=${G##*/}
+    load_group vfio || fail failed "cannot load the vfio modules"
+    [ -d /sys/bus/pci/drivers/vfio-pci ] || fail failed "vfio-pci driver not loaded"
+    PREV=-
+    if [ -e "$_d/driver" ]; then _l=$(readlink "$_d/driver"); PREV=${_l##*/}; fi
+    echo vfio-pci >"$_d/driver_override" || fail failed "cannot set driver_override of $1"
+    if [ "$PREV" != - ] && [ "$PREV" != vfio-pci ]; then
+        echo "$1" >"$_d/driver/unbind" || fail failed "cannot unbind $1 from $PREV"
+    fi
+    [ -e "$_d/driver" ] || echo "$1" >/sys/bus/pci/drivers_probe 2>/dev/null
+    _drv=-
+    if [ -e "$_d/driver" ]; then _l=$(readlink "$_d/driver"); _drv=${_l##*/}; fi
+    [ "$_drv" = vfio-pci ] || fail failed "$1 is bound to $_drv, not vfio-pci"
+}
+
+# wait_vfio_node G: MAJ/MIN of /dev/vfio/G once the group's node exists (3 s)
+wait_vfio_node() {
+    local _deadline
+    now_cs; _deadline=$((NOW + 300))
+    until stat_node "/dev/vfio/$1"; do
+        now_cs
+        [ "$NOW" -ge "$_deadline" ] && fail failed "/dev/vfio/$1 did not appear within 3 s"
+        sleep 0.02
+    done
+}
+
 # ---------------------------------------------------------------- verbs
 
 v_ping() {
@@ -214,8 +346,11 @@ v_help() {
     data "rw NODE"
     data "vfio-bind BDF"
     data "fs-check NODE"
-    data "serial BDF"
-    ok 12
+    data "serial BDF|DISK"
+    data "modules GROUP"
+    data "bars BDF"
+    data "device DIR MODE MS TYPE ID VM_PATH CONTAINER_PATH [OPTION]..."
+    ok 15
 }
 
 v_lspci() {
@@ -258,65 +393,26 @@ disks_below() {
 v_blk_of_pci() {
     [ $# -eq 1 ] || [ $# -eq 2 ] || usage "blk-of-pci PATH [TIMEOUT_MS]"
     check_path "$1"; _ms=${2:-0}; check_timeout "$_ms"
-    now_cs; _deadline=$((NOW + (_ms + 9) / 10))
-    wait_path "$P" "$_ms"
-    while :; do
-        disks_below "$D"
-        [ -n "$B" ] && ok "$B"
-        now_cs
-        if [ "$NOW" -ge "$_deadline" ]; then
-            [ "$_ms" -gt 0 ] && fail timeout "no block device below ${R##* } ($1) after $_ms ms"
-            fail not-found "no block device below ${R##* } ($1)"
-        fi
-        sleep 0.02
-    done
+    find_blk_pci "$P" "$_ms"
+    ok "$B"
 }
 
 v_blk_of_scsi() {
     [ $# -eq 1 ] || [ $# -eq 2 ] || usage "blk-of-scsi H:C:T:L|TARGET:LUN [TIMEOUT_MS]"
     _ms=${2:-0}; check_timeout "$_ms"
-    _old=$IFS; IFS=:; set -- $1; IFS=$_old
-    for _x; do is_uint "$_x" || fail invalid "SCSI address parts must be numbers"; done
-    case $# in
-        2) _pat="*:0:$1:$2"; _scan="0 $1 $2"; _hosts="/sys/class/scsi_host/host*" ;;
-        4) _pat="$1:$2:$3:$4"; _scan="$2 $3 $4"; _hosts="/sys/class/scsi_host/host$1" ;;
-        *) fail invalid "SCSI address must be H:C:T:L or TARGET:LUN" ;;
-    esac
-    now_cs; _deadline=$((NOW + (_ms + 9) / 10)); _scanned=
-    while :; do
-        B=
-        for _b in /sys/bus/scsi/devices/$_pat/block/*; do
-            [ -e "$_b" ] && B="$B ${_b##*/}"
-        done
-        [ -n "$B" ] && ok "${B# }"
-        if [ -z "$_scanned" ]; then
-            for _h in $_hosts; do [ -e "$_h/scan" ] && echo "$_scan" >"$_h/scan" 2>/dev/null; done
-            _scanned=1
-            continue
-        fi
-        now_cs
-        if [ "$NOW" -ge "$_deadline" ]; then
-            [ "$_ms" -gt 0 ] && fail timeout "no SCSI disk at $_pat after $_ms ms"
-            fail not-found "no SCSI disk at $_pat"
-        fi
-        sleep 0.02
-    done
+    find_blk_scsi "$1" "$_ms"
+    ok "$B"
 }
 
 v_mknod() {
     [ $# -eq 6 ] || usage "mknod DIR CONTAINER_PATH b|c MAJOR MINOR MODE"
-    check_abs DIR "$1"; check_abs CONTAINER_PATH "$2"
-    case $1 in /run/podplug/?*) ;; *) fail invalid "DIR must be below /run/podplug/" ;; esac
+    check_dir "$1"; check_abs CONTAINER_PATH "$2"
     case $3 in b|c) ;; *) fail invalid "TYPE must be b or c" ;; esac
     is_uint "$4" && [ "$4" -lt 4096 ] || fail invalid "MAJOR must be 0..4095"
     is_uint "$5" && [ "$5" -lt 1048576 ] || fail invalid "MINOR must be 0..1048575"
-    case $6 in [0-7][0-7][0-7]|[0-7][0-7][0-7][0-7]) ;; *) fail invalid "MODE must be octal" ;; esac
-    _node=${1%/}$2
-    mkdir -p "${_node%/*}" || fail failed "cannot create ${_node%/*}"
-    rm -f "$_node"
-    mknod -m "$6" "$_node" "$3" "$4" "$5" || fail failed "mknod $_node failed"
-    stat_node "$_node" || fail failed "$_node is not a device node after mknod"
-    ok "path=$_node type=$T devnum=$MAJ:$MIN mode=$MODE"
+    check_mode "$6"
+    place_node "$1" "$2" "$3" "$4" "$5" "$6"
+    ok "path=$N type=$T devnum=$MAJ:$MIN mode=$MODE"
 }
 
 v_devnum() {
@@ -341,10 +437,13 @@ v_rw() {
     _t=$(mktemp -d /tmp/rw.XXXXXX) || fail failed "mktemp"
     trap 'rm -rf "$_t"' EXIT
     if [ -c "$1" ]; then
+        _open=error
+        if (exec 4<"$1") 2>/dev/null; then _open=ok; fi
         if timeout 2 dd if="$1" of="$_t/head" bs=4096 count=1 2>/dev/null; then
-            _n=$(wc -c <"$_t/head"); _sum=$(md5sum <"$_t/head"); ok "type=c read=$_n md5=${_sum%% *}"
+            _n=$(wc -c <"$_t/head"); _sum=$(md5sum <"$_t/head")
+            ok "type=c open=$_open read=$_n md5=${_sum%% *}"
         fi
-        ok "type=c read=error"
+        ok "type=c open=$_open read=error"
     fi
     [ -b "$1" ] || fail not-found "$1 is not a block or character device node"
     dd if="$1" of="$_t/head" bs=4096 count=1 iflag=direct 2>/dev/null || fail failed "cannot read $1"
@@ -369,42 +468,101 @@ v_rw() {
 }
 
 v_serial() {
-    [ $# -eq 1 ] || usage "serial BDF"
+    [ $# -eq 1 ] || usage "serial BDF|DISK"
+    case $1 in
+        *:*) check_bdf "$1"
+            _d=/sys/bus/pci/devices/$1
+            [ -e "$_d" ] || fail not-found "no PCI device $1"
+            for _s in "$_d"/nvme/nvme*/serial "$_d"/virtio*/block/*/serial; do
+                if [ -e "$_s" ]; then getf "$_s"; set -- $V; ok "serial=$*"; fi
+            done
+            fail not-found "$1 has no serial (an nvme or virtio-blk device with its driver bound)" ;;
+        *[!a-z0-9]*|'') fail invalid "not a PCI address or a disk name: $1" ;;
+    esac
+    _b=/sys/class/block/$1
+    [ -e "$_b" ] || fail not-found "no disk $1"
+    if [ -e "$_b/serial" ]; then getf "$_b/serial"; set -- $V; ok "serial=$*"; fi
+    if [ -e "$_b/device/vpd_pg80" ]; then
+        # VPD page 0x80: a 4-byte header (type, page, length), then the serial
+        V=$(dd if="$_b/device/vpd_pg80" bs=1 skip=4 2>/dev/null | tr -d '\000')
+        set -- $V; ok "serial=$*"
+    fi
+    fail not-found "disk $1 has no serial"
+}
+
+v_modules() {
+    [ $# -eq 1 ] || usage "modules GROUP"
+    case $1 in *[!a-z0-9]*|'') fail invalid "bad module group: $1" ;; esac
+    grep -q "^$1 " /etc/podplug/modules || fail not-found "no module group $1"
+    load_group "$1" || fail failed "cannot load the $1 modules"
+    ok "group=$1"
+}
+
+v_bars() {
+    [ $# -eq 1 ] || usage "bars BDF"
     check_bdf "$1"
-    _d=/sys/bus/pci/devices/$1
-    [ -e "$_d" ] || fail not-found "no PCI device $1"
-    for _s in "$_d"/nvme/nvme*/serial "$_d"/virtio*/block/*/serial; do
-        if [ -e "$_s" ]; then getf "$_s"; set -- $V; ok "serial=$*"; fi
-    done
-    fail not-found "$1 has no serial (an nvme or virtio-blk device with its driver bound)"
+    _r=/sys/bus/pci/devices/$1/resource
+    [ -e "$_r" ] || fail not-found "no PCI device $1"
+    _i=0; _n=0
+    while read -r _start _end _flags; do
+        if [ "$_end" != 0x0000000000000000 ] || [ "$_start" != 0x0000000000000000 ]; then
+            data "$_i ${_start#0x} ${_end#0x} ${_flags#0x}"
+            _n=$((_n + 1))
+        fi
+        _i=$((_i + 1))
+    done <"$_r"
+    ok "$_n"
+}
+
+# device DIR MODE MS TYPE ID VM_PATH CPATH [OPTION]...: one kata-agent Device entry
+v_device() {
+    [ $# -ge 7 ] || usage "device DIR MODE MS TYPE ID VM_PATH CONTAINER_PATH [OPTION]..."
+    _dir=$1; _mode=$2; _ms=$3; _type=$4; _id=$5; _vm=$6; _cpath=$7; shift 7
+    check_dir "$_dir"; check_mode "$_mode"; check_timeout "$_ms"
+    check_abs CONTAINER_PATH "$_cpath"
+    [ "$_vm" = - ] || check_abs VM_PATH "$_vm"
+    case $_type in
+        blk|scsi)
+            [ $# -eq 0 ] || fail invalid "a $_type entry takes no options"
+            if [ "$_type" = blk ]; then check_path "$_id"; find_blk_pci "$P" "$_ms"
+            else find_blk_scsi "$_id" "$_ms"; fi
+            set -- $B
+            [ $# -eq 1 ] || fail failed "$_id: $# disks ($B), expected one"
+            _name=$1
+            stat_node "/dev/$_name" || fail failed "/dev/$_name is not a block device node"
+            place_node "$_dir" "$_cpath" b "$MAJ" "$MIN" "$_mode"
+            ok "type=$_type node=$N devnum=$MAJ:$MIN vm_path=/dev/$_name" ;;
+        vfio-pci|vfio-pci-gk)
+            [ $# -ge 1 ] || fail invalid "a $_type entry needs HOSTBDF=PCIPATH options"
+            _map=; _grp=
+            for _o; do
+                _host=${_o%%=*}; _path=${_o#*=}
+                [ "$_host" != "$_o" ] || fail invalid "malformed VFIO option $_o (HOSTBDF=PCIPATH)"
+                check_bdf "$_host"; check_path "$_path"
+                wait_path "$P" "$_ms"
+                _guest=${R##* }
+                if [ "$_type" = vfio-pci ]; then
+                    bind_vfio "$_guest"
+                    [ -z "$_grp" ] || [ "$_grp" = "$G" ] \
+                        || fail failed "$_guest is not in guest IOMMU group $_grp"
+                    _grp=$G
+                fi
+                _map="$_map,$_host>$_guest"
+            done
+            [ "$_type" = vfio-pci-gk ] && ok "type=vfio-pci-gk map=${_map#,}"
+            wait_vfio_node "$_grp"
+            place_node "$_dir" "/dev/vfio/$_grp" c "$MAJ" "$MIN" "$_mode"
+            ok "type=vfio-pci node=$N devnum=$MAJ:$MIN group=$_grp map=${_map#,}" ;;
+        *) fail invalid "unknown device type '$_type' (blk scsi vfio-pci vfio-pci-gk)" ;;
+    esac
 }
 
 v_vfio_bind() {
     [ $# -eq 1 ] || usage "vfio-bind BDF"
     check_bdf "$1"
-    _d=/sys/bus/pci/devices/$1
-    [ -d "$_d" ] || fail not-found "no PCI device $1"
-    [ -e "$_d/iommu_group" ] || fail no-iommu "$1 has no IOMMU group (boot with a vIOMMU and intel_iommu=on)"
-    _g=$(readlink "$_d/iommu_group"); _g=${_g##*/}
-    load_group vfio || fail failed "cannot load the vfio modules"
-    [ -d /sys/bus/pci/drivers/vfio-pci ] || fail failed "vfio-pci driver not loaded"
-    _prev=-
-    if [ -e "$_d/driver" ]; then _l=$(readlink "$_d/driver"); _prev=${_l##*/}; fi
-    echo vfio-pci >"$_d/driver_override" || fail failed "cannot set driver_override of $1"
-    if [ "$_prev" != - ] && [ "$_prev" != vfio-pci ]; then
-        echo "$1" >"$_d/driver/unbind" || fail failed "cannot unbind $1 from $_prev"
-    fi
-    [ -e "$_d/driver" ] || echo "$1" >/sys/bus/pci/drivers_probe 2>/dev/null
-    _drv=-
-    if [ -e "$_d/driver" ]; then _l=$(readlink "$_d/driver"); _drv=${_l##*/}; fi
-    [ "$_drv" = vfio-pci ] || fail failed "$1 is bound to $_drv, not vfio-pci"
-    now_cs; _deadline=$((NOW + 300))
-    until stat_node "/dev/vfio/$_g"; do
-        now_cs
-        [ "$NOW" -ge "$_deadline" ] && fail failed "/dev/vfio/$_g did not appear within 3 s"
-        sleep 0.02
-    done
-    ok "group=$_g dev=/dev/vfio/$_g devnum=$MAJ:$MIN driver=vfio-pci previous=$_prev"
+    bind_vfio "$1"
+    wait_vfio_node "$G"
+    ok "group=$G dev=/dev/vfio/$G devnum=$MAJ:$MIN driver=vfio-pci previous=$PREV"
 }
 
 v_fs_check() {
@@ -460,6 +618,9 @@ handle_line() {
         vfio-bind) _fn=v_vfio_bind ;;
         serial) _fn=v_serial ;;
         fs-check) _fn=v_fs_check ;;
+        bars) _fn=v_bars ;;
+        modules) _fn=v_modules ;;
+        device) _fn=v_device ;;
         *)
             case $_verb in
                 *[!A-Za-z0-9._-]*) send "$_id ERR unknown-verb (unprintable verb)" ;;

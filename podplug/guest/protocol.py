@@ -40,17 +40,32 @@ starting on root bus ``0000:00``. ``MS`` is milliseconds.
                                         guest's, and MODE is octal.
 ``devnum NAME``                         ``OK devnum=MAJ:MIN type=b|c``
 ``rw NODE``                             block: ``OK type=b read=4096 md5=HEX write=ok
-                                        offset=N restored=ok``; char: ``OK type=c read=N
-                                        md5=HEX`` or ``read=error``
+                                        offset=N restored=ok``; char: ``OK type=c
+                                        open=ok|error read=N md5=HEX`` or ``read=error``
 ``vfio-bind BDF``                       ``OK group=G dev=/dev/vfio/G devnum=MAJ:MIN
                                         driver=vfio-pci previous=DRIVER``
 ``fs-check NODE``                       ``OK fs=ext2|ext4 write=ok readback=ok``. This is
                                         destructive. busybox ``mke2fs`` makes ext2 when the
                                         image has no ``mkfs.ext4``.
-``serial BDF``                          ``OK serial=TEXT``: the serial of an nvme controller
-                                        or virtio-blk disk (driver bound). The VFIO stand-in
-                                        carries the host BDF it stands for.
+``serial BDF|DISK``                     ``OK serial=TEXT``: the serial of an nvme controller
+                                        or virtio-blk disk (driver bound), or of a disk by
+                                        block name (virtio-blk, SCSI VPD page 0x80). The VFIO
+                                        stand-in carries the host BDF it stands for.
+``modules GROUP``                       ``OK group=GROUP``: load a module group now (``boot``,
+                                        ``vfio``, ``fs``)
+``bars BDF``                            data ``INDEX START END FLAGS`` lines (hex, sysfs
+                                        ``resource``; 13-15 are a bridge's IO, memory and
+                                        prefetchable windows); ``OK COUNT``
+``device DIR MODE MS TYPE ID VM_PATH``  resolve one kata-agent ``Device`` entry as Kata's
+``CPATH [OPTION]...``                   agent does, from the entry alone (``VM_PATH`` ``-``
+                                        when empty): see :class:`Resolution`
 ======================================  ===================================================
+
+``device`` is the contract podplug proves: the guest is handed each ``Device`` entry exactly
+as rendered for Kata's agent and resolves it by the agent's rules (``blk``: the disk below
+PCI path ``ID``; ``scsi``: the disk at SCSI ``ID`` = ``TARGET:LUN``; ``vfio-pci``: every
+``HOSTBDF=PCIPATH`` option waited for, bound to vfio-pci, one guest IOMMU group, node
+``/dev/vfio/<group>``; ``vfio-pci-gk``: waited for, left on its guest driver, no node).
 """
 
 from __future__ import annotations
@@ -79,10 +94,15 @@ VERBS: dict[str, tuple[int, int]] = {
     "vfio-bind": (1, 1),
     "fs-check": (1, 1),
     "serial": (1, 1),
+    "bars": (1, 1),
+    "modules": (1, 1),
+    "device": (7, 7 + 64),  # DIR MODE MS TYPE ID VM_PATH CPATH, then up to 64 options
 }
 
 #: verbs whose second argument is a guest-side wait in milliseconds (ERR timeout when it ends)
 TIMEOUT_VERBS = {"wait-pci": "PCI device", "blk-of-pci": "block device", "blk-of-scsi": "SCSI disk"}
+#: ``device``'s wait is its third argument
+DEVICE_WAIT_ARG = 2
 
 ERROR_CODES = frozenset(
     {
@@ -188,6 +208,11 @@ def error_for(verb: str, args: tuple[str, ...], message: str) -> VmError:
         return HotplugTimeout(
             f"guest {verb} {args[0]}", f"{TIMEOUT_VERBS[verb]} ({detail})", waited
         )
+    if code == "timeout" and verb == "device" and len(args) > 4:
+        ms = args[DEVICE_WAIT_ARG]
+        waited = int(ms) / 1000 if ms.isdigit() else 0.0
+        return HotplugTimeout(f"guest resolving the {args[3]} entry {args[4]}",
+                              f"device of the entry ({detail})", waited)
     return AgentError(verb, message)
 
 
@@ -241,6 +266,86 @@ def parse_lspci(reply: AgentReply) -> tuple[GuestPciDevice, ...]:
         driver = None if parts[3] == "-" else parts[3]
         out.append(GuestPciDevice(parts[0], vendor, device, pci_class, driver, parts[4]))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class GuestBar:
+    """One line of a ``bars`` reply: a BAR or bridge window as the guest kernel assigned it."""
+
+    index: int
+    start: int
+    end: int
+    flags: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+    @property
+    def assigned(self) -> bool:
+        """Linux moves a resource it could not place to start 0 (``IORESOURCE_UNSET``)."""
+        return self.start != 0
+
+    def contains(self, other: GuestBar) -> bool:
+        return self.start <= other.start and other.end <= self.end
+
+
+#: ``resource`` line indices of a bridge's windows (``PCI_BRIDGE_RESOURCES``)
+BRIDGE_IO_WINDOW, BRIDGE_MEM_WINDOW, BRIDGE_PREF_WINDOW = 13, 14, 15
+
+
+def parse_bars(reply: AgentReply) -> tuple[GuestBar, ...]:
+    """Parse the data lines of a ``bars`` reply."""
+    out = []
+    for line in reply.lines:
+        parts = line.split()
+        try:
+            index, start, end, flags = (int(parts[0]), *(int(p, 16) for p in parts[1:]))
+        except (ValueError, IndexError, TypeError) as exc:
+            raise AgentError("bars", f"unparsable line {line!r}") from exc
+        if len(parts) != 4 or end < start:
+            raise AgentError("bars", f"unparsable line {line!r}")
+        out.append(GuestBar(index, start, end, flags))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What the guest made of one kata-agent ``Device`` entry (a ``device`` reply).
+
+    :ivar node: the node created in the container's dev directory ("" for vfio-pci-gk)
+    :ivar vm_path: the guest block device the entry resolved to (blk, scsi)
+    :ivar group: the guest IOMMU group (vfio-pci)
+    :ivar functions: (host BDF, guest BDF) per ``HOSTBDF=PATH`` option, in option order
+    """
+
+    type: str
+    node: str = ""
+    devnum: tuple[int, int] | None = None
+    vm_path: str = ""
+    group: str = ""
+    functions: tuple[tuple[str, str], ...] = ()
+
+
+def parse_resolution(reply: AgentReply) -> Resolution:
+    """Parse a ``device`` reply's ``key=value`` payload."""
+    fields = reply.fields
+    kind = fields.get("type", "")
+    if kind not in ("blk", "scsi", "vfio-pci", "vfio-pci-gk"):
+        raise AgentError("device", f"reply without a known type: {reply.payload!r}")
+    functions = []
+    for pair in filter(None, fields.get("map", "").split(",")):
+        host, sep, guest = pair.partition(">")
+        if not (sep and _BDF_RE.fullmatch(host) and _BDF_RE.fullmatch(guest)):
+            raise AgentError("device", f"bad map entry {pair!r} in {reply.payload!r}")
+        functions.append((host, guest))
+    devnum = parse_devnum(fields["devnum"]) if "devnum" in fields else None
+    if kind != "vfio-pci-gk" and (devnum is None or not fields.get("node")):
+        raise AgentError("device", f"{kind} reply without node and devnum: {reply.payload!r}")
+    if kind.startswith("vfio") and not functions:
+        raise AgentError("device", f"{kind} reply without a map: {reply.payload!r}")
+    return Resolution(kind, fields.get("node", ""), devnum, fields.get("vm_path", ""),
+                      fields.get("group", ""), tuple(functions))
 
 
 def parse_devnum(text: str) -> tuple[int, int]:

@@ -193,13 +193,10 @@ def _vfio_plan(
         iommufd_objects.append(iommufd)
     functions: list[PlannedFunction] = []
     paths: list[GuestPciPath] = []
-    per_function_path: dict[int, GuestPciPath] = {}
     notes: list[str] = []
     for unit in units:
         target = targets[(index, id(unit))]
-        for planned in vfio_functions(unit, target, source, iommufd):
-            per_function_path[len(functions)] = target.path
-            functions.append(planned)
+        functions += vfio_functions(unit, target, source, iommufd)
         paths.append(target.path)
         if unit.is_pcie and target.bus.startswith("pci-bridge"):
             notes.append(f"{unit.functions[0].bdf}: PCIe function behind a PCI bridge loses "
@@ -214,7 +211,7 @@ def _vfio_plan(
             notes.append(f"{function.bdf}: bound to {function.driver or 'no driver'}, "
                          "not vfio-pci (QEMU will refuse a real assignment)")
     agent = None if sandbox else vfio_agent_device(
-        source, tuple(functions), per_function_path, item.device.path, config.vfio_mode)
+        source, tuple(functions), item.device.path, config.vfio_mode)
     return DevicePlan(item.device, item.bucket, item.reason, item.in_spec, tuple(paths),
                       tuple(functions), agent=agent, notes=tuple(notes))
 

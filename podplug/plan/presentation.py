@@ -4,7 +4,10 @@ The only place where ``vfio_mode`` matters (research ``kata-devices.md`` §4.4-4
 ``vfio`` gives agent type ``vfio-pci`` (the agent binds the device to vfio-pci and exposes
 ``/dev/vfio/<guest group>``), ``guest-kernel`` gives ``vfio-pci-gk`` (the guest driver keeps
 the device; only the host-to-guest BDF map is recorded). Options are Kata's
-``"<host BDF>=<guest PCI path>"`` strings, one per function.
+``"<host BDF>=<guest PCI path>"`` strings, one per function, each naming its own guest
+function (``03/00`` and ``03/00.1`` for the two functions of one slot: the agent reads a
+path element as ``SS[.F]`` with F defaulting to 0, so ``03/00`` twice would send both
+host functions to guest function 0).
 
 QEMU property maps follow QEMU's device properties: ``vfio-pci`` (``host``, ``bus``, ``addr``
 ``SS.F``, ``multifunction=on`` on EVERY function of a multi-function slot, ``iommufd`` for
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 from podplug.model.enums import AgentDeviceType, VfioKind, VfioMode
 from podplug.model.host import PciFunction
-from podplug.model.pci import GuestPciPath
 from podplug.plan.model import AgentDevice, PlannedFunction, QemuDevice
 from podplug.plan.route import VfioSource
 from podplug.plan.topology import Controller, Role, Target
@@ -54,18 +56,21 @@ def vfio_functions(
         if source.kind is VfioKind.IOMMUFD and iommufd_object is not None:
             props.append(("iommufd", iommufd_object))
         planned.append(PlannedFunction(function.bdf, guest_function,
-                                       QemuDevice("vfio-pci", tuple(props)), target.path,
+                                       QemuDevice("vfio-pci", tuple(props)),
+                                       target.path.at_function(guest_function),
                                        function.vendor, function.device, function.class_code))
     return tuple(planned)
 
 
 def vfio_agent_device(
-    source: VfioSource, functions: tuple[PlannedFunction, ...],
-    paths: dict[int, GuestPciPath], container_path: str, mode: VfioMode,
+    source: VfioSource, functions: tuple[PlannedFunction, ...], container_path: str,
+    mode: VfioMode,
 ) -> AgentDevice:
-    """Kata ``appendVfioDevice``: id is the group (or cdev) name; one option per function."""
+    """Kata ``appendVfioDevice``: id is the group (or cdev) name; one option per function,
+    ``<host BDF>=<guest PCI path>`` with the guest function on the path's last element
+    (``0000:41:00.1=03/00.1``; :mod:`podplug.model.pci` says which agents read it)."""
     kind = AgentDeviceType.VFIO_PCI if mode is VfioMode.VFIO else AgentDeviceType.VFIO_PCI_GK
-    options = tuple(f"{f.host}={paths[index]}" for index, f in enumerate(functions))
+    options = tuple(f"{f.host}={f.guest_path}" for f in functions)
     return AgentDevice(source.name, kind, "", container_path, options)
 
 

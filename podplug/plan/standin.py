@@ -8,14 +8,18 @@ path and the hot-plug sequence are exactly the planned ones. The stand-in carrie
 BDF it stands for as its serial number (``/sys/class/nvme/nvmeN/serial`` in the guest), and
 nvme is a PCIe endpoint with MSI-X, like the GPUs it replaces. Everything guest-side stays
 real: in ``vfio`` mode the guest binds it to ``vfio-pci`` under a virtual IOMMU.
+
+:func:`standin_bars` says which memory BARs the guest sees on a stand-in.
 """
 
 from __future__ import annotations
 
+from podplug.model.host import IORESOURCE_MEM, IORESOURCE_MEM_64, Bar, PciFunction
 from podplug.plan.model import QemuDevice
 
 STANDIN_DRIVER = "nvme"
 STANDIN_VENDOR_DEVICE = "1b36:0010"  # QEMU NVM Express controller
+STANDIN_REGISTER_BAR = Bar(0, 16 << 10, IORESOURCE_MEM | IORESOURCE_MEM_64)  # nvme BAR0
 _KEPT = ("id", "bus", "addr", "multifunction")
 
 
@@ -26,3 +30,8 @@ def stand_in(device: QemuDevice) -> QemuDevice:
     props = dict(device.props)
     kept = tuple((k, v) for k, v in device.props if k in _KEPT)
     return QemuDevice(STANDIN_DRIVER, (*kept, ("serial", str(props["host"]))))
+
+
+def standin_bars(function: PciFunction) -> tuple[Bar, ...]:
+    """The memory BARs the guest sees on the stand-in of ``function``."""
+    return (STANDIN_REGISTER_BAR,)

@@ -1,11 +1,13 @@
 """The run report: one row per requested container device, as values; rendered as a table
 or JSON. Pure.
 
-A row is usable only when the guest proved it: a block volume opened, read, written and
-survived a filesystem round trip at its container path; a VFIO device appeared at its
-planned guest PCI path (and in ``vfio`` mode was bound to vfio-pci in a guest IOMMU group
-whose node opens in the container's dev directory); a plain node opened. A rejected device
-is never usable, and says why.
+A row is usable only when the guest proved it through its kata-agent entry (the entry sent
+and what it resolved to are part of the row): a block volume's entry resolved to the
+planned disk, whose node opened, read, wrote and survived a filesystem round trip; each
+function of a VFIO entry resolved to its own guest function at the planned guest PCI path,
+with its BARs inside the port's windows (and in ``vfio`` mode bound to vfio-pci in one guest
+IOMMU group whose node opens in the container's dev directory); a plain node opened. A
+rejected device is never usable, and says why.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ class DeviceRow:
     seconds: float = 0.0
     usable: bool = False
     error: str = ""
+    entry: dict[str, object] | None = None  # the kata-agent Device entry sent to the guest
+    resolved: dict[str, str] | None = None  # host BDF -> guest BDF, or the volume's node
 
     def as_json(self) -> dict[str, object]:
         return {
             "path": self.path, "bucket": self.bucket, "qemu": self.qemu,
             "planned_guest_path": self.planned_path, "actual_guest_path": self.actual_path,
+            "agent_entry": self.entry, "resolved": self.resolved,
             "guest_node": self.guest_node, "container_node": self.container_node,
             "check": self.check, "seconds": round(self.seconds, 3), "usable": self.usable,
             "error": self.error,

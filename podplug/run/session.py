@@ -167,15 +167,18 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
         slowness = max(1.0, clock.timings["boot"] / USUAL_BOOT_S)
         if slowness > 1.0:
             clock.say(f"slow guest: agent timeouts scaled by {slowness:.1f}")
-        prover = GuestProver(agent, plan, CONTAINER_DIR, emulate, slowness)
-        rows = []
+        prover = GuestProver(agent, plan, inputs.inventory, CONTAINER_DIR, emulate, slowness)
+        proven: dict[int, DeviceRow] = {}
+        order = _report_order(plan)
         with clock.phase("verify"):
-            for device in _report_order(plan):
+            for index in _proof_order(order):
+                device = order[index]
                 started = time.monotonic()
                 row = prover.prove(device, actual)
-                rows.append(_timed(row, time.monotonic() - started, results, device))
+                proven[index] = _timed(row, time.monotonic() - started, results, device)
                 clock.say(f"{'OK  ' if row.usable else 'FAIL'} {device.request.path}: "
                           f"{row.check or row.error}")
+        rows = [proven[i] for i in range(len(order))]
         if options.keep_running:
             clock.say(f"keeping the VM running (QMP in {vm.workdir}); Ctrl-C to stop")
             with contextlib.suppress(KeyboardInterrupt):
@@ -194,6 +197,12 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
 
 def _report_order(plan: Plan) -> list[DevicePlan]:
     return list(plan.container_devices) + list(plan.in_bucket(Bucket.REJECTED))
+
+
+def _proof_order(devices: list[DevicePlan]) -> list[int]:
+    """Entries first, in the container's order (as Kata's agent handles them before the
+    container starts), then the nodes passed as the spec gives them."""
+    return sorted(range(len(devices)), key=lambda i: devices[i].agent is None)
 
 
 def _timed(row: DeviceRow, seconds: float, results: list[StepResult],

@@ -1,49 +1,98 @@
-"""Prove, through the guest agent, that each planned device is there and usable.
+"""Prove each planned device in the guest through the kata-agent entry podplug emits.
 
-What counts as proof, per bucket (the Kata agent's own steps, done for real in the guest):
+The guest is handed every ``Device`` entry exactly as rendered for Kata's agent (``id``,
+``type``, ``vm_path``, ``container_path``, ``options``) and resolves it by the agent's rules
+with nothing else from the plan (agent verb ``device``, see :mod:`podplug.guest.protocol`).
+The nodes that resolution creates in the container's dev directory are what the checks
+open. Then this module reads what the judgement needs and :mod:`podplug.run.expect` (pure)
+compares it with the plan's predictions; any difference fails the device and names it.
 
-* block volume: the node behind the planned PCI path (virtio-blk) or SCSI address
-  (virtio-scsi) is found, created at the container path in the container's dev directory
-  with the GUEST major:minor (as the Kata agent's ``update_spec_devices`` rewrites the
-  spec), opened, read and written, then made a filesystem on, mounted, written, read back
-  and unmounted (the Kubernetes block-volume check, ``k8s-block-volume.bats``);
-* VFIO: every function appears at its planned guest PCI path with the expected
-  vendor:device (an emulated stand-in must also carry, as its serial, the host BDF of the
-  function it stands for); in ``vfio`` mode each is bound to vfio-pci, all functions of a
-  slot must land in ONE guest IOMMU group, and ``/dev/vfio/<guest group>`` is created in
-  the container's dev directory and opened; in ``guest-kernel`` mode the device stays on
-  its guest driver;
-* plain node: created with the guest's numbers and opened (a ``/dev/vfio/*`` node in
-  ``guest-kernel`` mode is left out of the container, as Kata strips it: that is the plan);
-* rejected: never usable; the row carries the reason.
+Per entry type (what the guest does, then what is read):
+
+* ``blk`` / ``scsi``: the disk below the PCI path or at the SCSI address gets a node at the
+  container path with the guest numbers (the agent's ``update_spec_devices``); read: the
+  disk's serial, a read/write of the node and a filesystem round trip (the Kubernetes
+  block-volume check, ``k8s-block-volume.bats``);
+* ``vfio-pci``: every function waited for, bound to vfio-pci, one guest IOMMU group, node
+  ``/dev/vfio/<group>`` (opened); ``vfio-pci-gk``: waited for, left on its guest driver;
+  read: ``lspci`` (vendor:device, driver, sysfs ancestry), the BARs and the windows of the
+  port above, and the serial of an emulated stand-in;
+* no entry: a plain node is created as the spec gives it and opened (after the entries, as
+  the guest's modules are loaded by then); a ``/dev/vfio/*`` node in ``guest-kernel`` mode is
+  left out of the container, as Kata strips it; a sandbox container's cold-plugged VFIO
+  device has no entry (Kata PR #13681) and is only looked for at its planned path.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from dataclasses import replace as _replace
 
 from podplug.errors import PodplugError
 from podplug.guest.agent_client import AgentClient
-from podplug.guest.protocol import AgentReply
-from podplug.model.enums import Bucket, VfioMode
-from podplug.plan.model import DevicePlan, Plan
-from podplug.plan.standin import STANDIN_VENDOR_DEVICE
+from podplug.guest.protocol import (
+    AgentReply,
+    GuestPciDevice,
+    Resolution,
+    parse_bars,
+    parse_lspci,
+    parse_resolution,
+)
+from podplug.model.enums import AgentDeviceType, Bucket
+from podplug.model.host import HostInventory
+from podplug.plan.model import AgentDevice, DevicePlan, Plan
+from podplug.plan.route import VFIO_DIR
+from podplug.plan.standin import STANDIN_DRIVER, STANDIN_VENDOR_DEVICE
+from podplug.run.expect import (
+    FunctionSeen,
+    VolumeSeen,
+    expectations,
+    vfio_problems,
+    volume_problems,
+)
 from podplug.run.report import DeviceRow
 
 WAIT_MS = 5000
 CALL_TIMEOUT_S = 30.0
+DEFAULT_MODE = 0o660
+
+
+def entry_args(entry: AgentDevice) -> tuple[str, ...]:
+    """An entry as the ``device`` verb takes it: TYPE ID VM_PATH CPATH OPTION..."""
+    return (entry.type.value, entry.id, entry.vm_path or "-", entry.container_path,
+            *entry.options)
 
 
 @dataclass
 class GuestProver:
-    """Runs the per-device checks against one guest."""
+    """Runs the per-device proofs against one guest."""
 
     agent: AgentClient
     plan: Plan
+    inventory: HostInventory
     container_dir: str
     emulated: bool
     slowness: float = 1.0  # how much slower than usual this guest proved to be at boot
+    _identities: dict[str, str] | None = None
+
+    def identities(self) -> dict[str, str]:
+        """Guest BDF -> serial of every emulated stand-in, read once, before any entry is
+        resolved: in ``vfio`` mode the entry binds a function to vfio-pci, after which its
+        nvme serial can no longer be read. Keyed by what the guest shows, not by the plan.
+        Hot-plugged stand-ins may still be probing: waits (bounded) until each has a driver."""
+        if self._identities is None:
+            deadline = time.monotonic() + WAIT_MS / 1000 * self.slowness
+            while True:
+                standins = [d for d in parse_lspci(self._call("lspci"))
+                            if d.vendor_device == STANDIN_VENDOR_DEVICE]
+                if all(d.driver for d in standins) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            self._identities = {
+                d.bdf: self._call("serial", d.bdf).fields.get("serial", "")
+                for d in standins if d.driver == STANDIN_DRIVER}
+        return self._identities
 
     def _call(self, verb: str, *args: str, timeout: float = CALL_TIMEOUT_S) -> AgentReply:
         """An agent call whose bound grows with the guest's slowness (nested TCG guests run
@@ -54,111 +103,125 @@ class GuestProver:
     def _wait_ms(self) -> str:
         return str(int(WAIT_MS * self.slowness))
 
+    def resolve(self, entry: AgentDevice, mode: int) -> Resolution:
+        """Hand one entry to the guest; what it resolved to."""
+        reply = self._call("device", self.container_dir, f"{mode:o}", self._wait_ms,
+                           *entry_args(entry))
+        return parse_resolution(reply)
+
     def prove(self, device: DevicePlan, actual: dict[str, str]) -> DeviceRow:
         base = DeviceRow(
             path=device.request.path, bucket=device.bucket.value,
             qemu=",".join(f"{q.id}@{q.bus}" for q in device.qemu_devices),
-            planned_path=",".join(sorted({str(p) for p in device.guest_paths})),
+            planned_path=",".join(sorted({str(p) for p in _planned_paths(device)})),
             actual_path=",".join(sorted({actual[q.id] for q in device.qemu_devices
                                          if q.id in actual})),
+            entry=device.agent.as_json() if device.agent else None,
         )
         if device.bucket is Bucket.REJECTED:
             return _replace(base, error=f"rejected: {device.reason}")
         try:
-            if device.functions:
-                return self._vfio(device, base)
-            if device.bucket is Bucket.HOT_BLOCK:
-                return self._block(device, base)
-            return self._node(device, base)
+            if device.agent is None:
+                return self._without_entry(device, base)
+            if self.emulated and device.functions:
+                self.identities()
+            resolution = self.resolve(device.agent, device.request.file_mode or DEFAULT_MODE)
+            row = _replace(base, resolved=_resolved(resolution), guest_node=_guest(resolution),
+                           container_node=resolution.node)
+            if device.agent.type in (AgentDeviceType.BLK, AgentDeviceType.SCSI):
+                return self._volume(device, device.agent, resolution, row)
+            return self._vfio(device, device.agent, resolution, row, actual)
         except PodplugError as exc:
             return _replace(base, error=str(exc))
 
-    def _block(self, device: DevicePlan, row: DeviceRow) -> DeviceRow:
-        if device.scsi_address is not None:
-            names = self._call("blk-of-scsi", device.scsi_address, self._wait_ms).words
-        else:
-            path = str(device.guest_paths[0])
-            names = self._call("blk-of-pci", path, self._wait_ms).words
-        name = names[0]
-        major, minor = self._call("devnum", name).fields["devnum"].split(":")
-        node = self._mknod(device, "b", major, minor)
-        rw = self._call("rw", node).fields
-        fs = self._call("fs-check", node, timeout=120.0).fields
-        ok = rw.get("write") == "ok" and fs.get("readback") == "ok"
-        check = f"opened, read+write {rw.get('write')}; {fs.get('fs')} round trip " \
-                f"{fs.get('readback')}"
-        return _replace(row, guest_node=f"/dev/{name} ({major}:{minor})", container_node=node,
-                        check=check, usable=ok, error="" if ok else "block check failed")
+    def _volume(self, device: DevicePlan, entry: AgentDevice, resolution: Resolution,
+                row: DeviceRow) -> DeviceRow:
+        name = resolution.vm_path.removeprefix("/dev/")
+        seen = VolumeSeen(self._call("serial", name).fields.get("serial", ""),
+                          self._call("rw", resolution.node).fields,
+                          self._call("fs-check", resolution.node, timeout=120.0).fields)
+        problems = volume_problems(device, entry, resolution, seen)
+        check = (f"{entry.type.value} {entry.id} -> {resolution.vm_path} (serial "
+                 f"{seen.serial}); read+write {seen.rw.get('write')}; {seen.fs.get('fs')} "
+                 f"round trip {seen.fs.get('readback')}")
+        return _judged(row, check, problems)
 
-    def _vfio(self, device: DevicePlan, row: DeviceRow) -> DeviceRow:
-        bdfs: list[str] = []
-        for function in device.functions:
-            chain = self._call("wait-pci", f"{function.guest_path}.{function.guest_function}",
-                                    self._wait_ms).words
-            bdfs.append(chain[-1])
-        listing = {line.split()[0]: line.split() for line in self._call("lspci").lines}
-        for function, bdf in zip(device.functions, bdfs, strict=True):
-            expected = STANDIN_VENDOR_DEVICE if self.emulated else \
-                f"{function.vendor:04x}:{function.device:04x}"
-            seen = listing.get(bdf, ["", "?"])[1]
-            if seen != expected:
-                return _replace(row, guest_node=" ".join(bdfs),
-                                error=f"{bdf}: vendor:device {seen}, expected {expected}")
-        if self.emulated:  # the stand-in must be the one for THIS host function
-            for function, bdf in zip(device.functions, bdfs, strict=True):
-                serial = self._call("serial", bdf).fields.get("serial", "")
-                if serial != str(function.host):
-                    return _replace(row, guest_node=" ".join(bdfs),
-                                    error=f"{bdf}: stand-in serial {serial!r}, expected the "
-                                    f"host BDF {function.host}")
-        guest = " ".join(bdfs)
+    def _vfio(self, device: DevicePlan, entry: AgentDevice, resolution: Resolution,
+              row: DeviceRow, actual: dict[str, str]) -> DeviceRow:
+        listing = {d.bdf: d for d in parse_lspci(self._call("lspci"))}
+        seen = {guest: self._seen(guest, listing) for _, guest in resolution.functions}
+        expected = expectations(device, self.inventory, emulated=self.emulated)
+        problems = vfio_problems(device, entry, resolution, expected, seen, actual)
+        if resolution.node:
+            opened = self._call("rw", resolution.node).fields
+            if opened.get("open") != "ok":
+                problems.append(f"{device.request.path}: {resolution.node} does not open")
+        drivers = sorted({(listing[g].driver or "-") for _, g in resolution.functions
+                          if g in listing})
+        if entry.type is AgentDeviceType.VFIO_PCI_GK and "-" in drivers:
+            problems.append(f"{device.request.path}: no guest driver bound (vfio-pci-gk keeps "
+                            "the guest's own driver)")
         ident = "stand-in serial = host BDF; " if self.emulated else ""
-        if self.plan.config.vfio_mode is VfioMode.GUEST_KERNEL:
-            drivers = sorted({listing[b][3] for b in bdfs})
-            ok = "-" not in drivers
-            return _replace(row, guest_node=guest, check=f"{ident}guest driver "
-                            f"{','.join(drivers)} "
-                            "(vfio-pci-gk: no /dev/vfio node)", usable=ok,
-                            error="" if ok else "no guest driver bound")
-        groups: dict[str, str] = {}
-        group_of: list[str] = []
-        for bdf in bdfs:
-            fields = self._call("vfio-bind", bdf).fields
-            groups[fields["group"]] = fields["devnum"]
-            group_of.append(f"{bdf} in group {fields['group']}")
-        nodes = []
-        for group, devnum in sorted(groups.items()):
-            major, minor = devnum.split(":")
-            node = self._mknod_at(f"/dev/vfio/{group}", "c", major, minor, device)
-            self._call("rw", node)
-            nodes.append(node)
-        units = len(device.guest_paths)
-        ok = len(groups) == units
-        check = f"{ident}bound to vfio-pci, vfio group {','.join(sorted(groups))} opened"
-        error = "" if ok else (f"{len(groups)} guest IOMMU groups for {units} slot(s): "
-                               + ", ".join(group_of))
-        return _replace(row, guest_node=guest, container_node=",".join(nodes), check=check,
-                        usable=ok, error=error)
+        mapping = ", ".join(f"{h}->{g}" for h, g in resolution.functions)
+        bars = sum(len(s.bars) for s in seen.values())
+        if entry.type is AgentDeviceType.VFIO_PCI:
+            check = (f"{ident}{mapping}; bound to vfio-pci, group {resolution.group} at "
+                     f"{resolution.node} opened; {bars} BARs in their windows")
+        else:
+            check = (f"{ident}{mapping}; guest driver {','.join(drivers)} (vfio-pci-gk: no "
+                     f"/dev/vfio node); {bars} BARs in their windows")
+        return _judged(row, check, problems)
 
-    def _node(self, device: DevicePlan, row: DeviceRow) -> DeviceRow:
+    def _seen(self, guest: str, listing: dict[str, GuestPciDevice]) -> FunctionSeen:
+        device = listing.get(guest)
+        if device is None:
+            return FunctionSeen(None, None, (), ())
+        serial = self.identities().get(guest) if self.emulated else None
+        parent = device.parents[-1] if device.parents else None
+        windows = parse_bars(self._call("bars", parent)) if parent else ()
+        return FunctionSeen(device, serial, parse_bars(self._call("bars", guest)), windows)
+
+    def _without_entry(self, device: DevicePlan, row: DeviceRow) -> DeviceRow:
+        if device.functions:  # a sandbox container's cold VFIO: in the VM, no entry
+            for function in device.functions:
+                self._call("wait-pci", str(function.guest_path), self._wait_ms)
+            return _replace(row, check="in the VM for the pod, no agent entry for the sandbox "
+                            "container (Kata PR #13681)", usable=True)
         if not device.in_spec:
             return _replace(row, check="left out of the container (guest-kernel strips "
                             "/dev/vfio/*)", usable=True)
         request = device.request
-        try:
-            major, minor = self._call("devnum", request.path).fields["devnum"].split(":")
-        except PodplugError:
-            major, minor = str(request.major), str(request.minor)
-        node = self._mknod(device, "c", major, minor)
-        self._call("rw", node)
-        return _replace(row, guest_node=f"{request.path} ({major}:{minor})", container_node=node,
-                        check="opened", usable=True)
+        if request.path.startswith(VFIO_DIR):  # Kata's guest kernels build VFIO in
+            self._call("modules", "vfio")
+        mode = f"{request.file_mode or DEFAULT_MODE:o}"
+        kind = "b" if request.type.value == "b" else "c"
+        node = self._call("mknod", self.container_dir, request.path, kind, str(request.major),
+                          str(request.minor), mode).fields["path"]
+        opened = self._call("rw", node).fields
+        ok = opened.get("open") == "ok"
+        return _replace(row, guest_node=f"{request.major}:{request.minor} as given",
+                        container_node=node, check="opened" if ok else "",
+                        usable=ok, error="" if ok else f"{node} does not open in the guest")
 
-    def _mknod(self, device: DevicePlan, kind: str, major: str, minor: str) -> str:
-        return self._mknod_at(device.request.path, kind, major, minor, device)
 
-    def _mknod_at(self, path: str, kind: str, major: str, minor: str,
-                  device: DevicePlan) -> str:
-        mode = f"{device.request.file_mode or 0o660:o}"
-        reply = self._call("mknod", self.container_dir, path, kind, major, minor, mode)
-        return reply.fields["path"]
+def _planned_paths(device: DevicePlan) -> list[str]:
+    if device.functions:
+        return [str(f.guest_path) for f in device.functions]
+    return [str(p) for p in device.guest_paths]
+
+
+def _resolved(resolution: Resolution) -> dict[str, str]:
+    if resolution.functions:
+        return dict(resolution.functions)
+    return {"vm_path": resolution.vm_path, "node": resolution.node}
+
+
+def _guest(resolution: Resolution) -> str:
+    if resolution.functions:
+        return " ".join(g for _, g in resolution.functions)
+    devnum = resolution.devnum
+    return f"{resolution.vm_path} ({devnum[0]}:{devnum[1]})" if devnum else resolution.vm_path
+
+
+def _judged(row: DeviceRow, check: str, problems: list[str]) -> DeviceRow:
+    return _replace(row, check=check, usable=not problems, error="; ".join(problems))

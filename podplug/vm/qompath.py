@@ -13,8 +13,10 @@ Kata does not trust its own plan after a hot-plug; ``qomGetPciPath`` in
 
 The result is a :class:`~podplug.model.pci.GuestPciPath` (``"03/00"`` for slot 0 behind the
 port at root slot 3; ``"04/00/01/00"`` behind switch downstream port 1; ``"05/03"`` at slot 3
-of a pci-bridge at root slot 5). Each hop's function is kept too: the path format itself has
-slots only, so two multifunction-packed root ports (``02.0`` and ``02.1``, QEMU
+of a pci-bridge at root slot 5; ``"03/00.1"`` for function 1 of the device behind root
+slot 3, the agent's ``SlotFn`` form, see :mod:`podplug.model.pci`). The function of each
+port or bridge on the way is kept too, though podplug's paths carry a function on the last
+element only: two multifunction-packed root ports (``02.0`` and ``02.1``, QEMU
 ``docs/pcie.txt`` "Root Ports" advice) give the same path; :attr:`QomPlacement.notes` says so.
 
 Measured with QEMU 7.2 (see the tests): ``addr`` is a QOM ``int32`` holding the devfn
@@ -65,19 +67,21 @@ class QomPlacement:
 
     @property
     def path(self) -> GuestPciPath:
-        return GuestPciPath(tuple(hop.slot for hop in self.hops))
+        """The guest PCI path, with the device's own function on the last element."""
+        return GuestPciPath(tuple(hop.slot for hop in self.hops), self.function)
 
     @property
     def function(self) -> int:
-        """The device's own PCI function (not part of the guest PCI path)."""
+        """The device's own PCI function."""
         return self.hops[-1].function
 
     @property
     def notes(self) -> tuple[str, ...]:
-        """Non-zero functions along the way, which the slot-only path cannot express."""
+        """Non-zero functions of the ports and bridges on the way, which podplug's paths
+        (a function on the last element only) do not express."""
         return tuple(
             f"{hop.qom_path} is function {hop.function} of slot {hop.slot:02x} on {hop.bus}"
-            for hop in self.hops
+            for hop in self.hops[:-1]
             if hop.function != 0
         )
 

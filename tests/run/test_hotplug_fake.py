@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from podplug.errors import QmpCommandError
+from podplug.model.pci import GuestPciPath
 from podplug.plan.plan import plan
 from podplug.plan.sequence import hot_devices, plug_steps
 from podplug.vm import hotplug
@@ -65,13 +66,22 @@ def _steps():  # type: ignore[no-untyped-def]
 
 
 def _place(path: str) -> Callable[[object, str], QomPlacement]:
-    slots = [int(s, 16) for s in path.split("/")]
-    return lambda qmp, dev: QomPlacement(tuple(PciHop("x", "y", s, 0) for s in slots))
+    where = GuestPciPath.parse(path)
+    functions = [0] * (len(where.slots) - 1) + [where.function]
+    return lambda qmp, dev: QomPlacement(tuple(
+        PciHop("x", "y", s, f) for s, f in zip(where.slots, functions, strict=True)))
+
+
+def _as_planned(qmp: object, dev: str) -> QomPlacement:
+    """Where QEMU puts each device when it follows the plan: the two functions of the VFIO
+    slot at 03/00 and 03/00.1 (the id ends in the host function), the volume at 02/01."""
+    if dev.startswith("vfio"):
+        return _place("03/00" + ("" if dev.endswith("0") else "." + dev[-1]))(qmp, dev)
+    return _place("02/01")(qmp, dev)
 
 
 def test_failed_step_rolls_back_everything_done(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hotplug, "read_placement", lambda q, d: _place(
-        "03/00" if d.startswith("vfio") else "02/01")(q, d))
+    monkeypatch.setattr(hotplug, "read_placement", _as_planned)
     vm = FakeVm(fail="device_add blk0")
     with pytest.raises(BatchFailed) as err:
         carry_batch(vm, _steps())  # type: ignore[arg-type]
@@ -90,12 +100,19 @@ def test_placement_mismatch_is_an_error_and_the_device_comes_out(
     vm = FakeVm()
     with pytest.raises(BatchFailed) as err:
         carry_batch(vm, _steps())  # type: ignore[arg-type]
-    assert "planned at guest PCI path 03/00, QEMU put it at 05/00" in str(err.value)
+    assert "planned at guest PCI path 03/00.1, QEMU put it at 05/00" in str(err.value)
     assert vm.sent[-1] == ("device_del", {"id": "vfio-0000-41-00-1"})
 
 
 def test_all_good_returns_actual_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hotplug, "read_placement", lambda q, d: _place(
-        "03/00" if d.startswith("vfio") else "02/01")(q, d))
+    monkeypatch.setattr(hotplug, "read_placement", _as_planned)
     results = carry_batch(FakeVm(), _steps())  # type: ignore[arg-type]
-    assert [str(r.actual_path) for r in results] == ["03/00", "03/00", "None", "02/01"]
+    assert [str(r.actual_path) for r in results] == ["03/00.1", "03/00", "None", "02/01"]
+
+
+def test_function_one_landing_at_function_zero_is_a_mismatch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hotplug, "read_placement", _place("03/00"))
+    with pytest.raises(BatchFailed) as err:
+        carry_batch(FakeVm(), _steps())  # type: ignore[arg-type]
+    assert "planned at guest PCI path 03/00.1, QEMU put it at 03/00" in str(err.value)

@@ -49,13 +49,22 @@ def _assert_all_proven(report: RunReport, mode: str) -> None:
     assert report.emulated_vfio
     gpu, xda = rows["/dev/vfio/12"], rows["/dev/xda"]
     assert gpu.planned_path and gpu.actual_path == gpu.planned_path
-    assert len(gpu.guest_node.split()) == 2  # both functions of the group
+    # the entry names each function's own guest function, and the guest resolved it so
+    assert gpu.entry is not None and xda.entry is not None
+    paths = [str(o).split("=")[1] for o in gpu.entry["options"]]  # type: ignore[attr-defined]
+    assert paths[1] == paths[0] + ".1"
+    assert gpu.resolved is not None and len(set(gpu.resolved.values())) == 2
+    assert {h[-1] for h in gpu.resolved} == {g[-1] for g in gpu.resolved.values()} == {"0", "1"}
+    assert all(h[-1] == g[-1] for h, g in gpu.resolved.items())
+    assert "stand-in serial = host BDF" in gpu.check and "BARs in their windows" in gpu.check
     if mode == "vfio":
-        assert "stand-in serial = host BDF; bound to vfio-pci, vfio group" in gpu.check
+        assert gpu.entry["type"] == "vfio-pci" and "bound to vfio-pci, group" in gpu.check
         assert gpu.container_node.startswith("/run/podplug/ctr/dev/vfio/")
     else:
-        assert "guest driver nvme" in gpu.check
+        assert gpu.entry["type"] == "vfio-pci-gk" and "guest driver nvme" in gpu.check
+        assert gpu.container_node == ""
     assert "round trip ok" in xda.check and xda.container_node == "/run/podplug/ctr/dev/xda"
+    assert xda.resolved is not None and xda.resolved["node"] == xda.container_node
 
 
 @pytest.mark.parametrize(("mode", "cold"), [("vfio", "root-port"), ("vfio", "switch-port"),

@@ -67,7 +67,7 @@ TOPOLOGY: dict[str, tuple[object, object]] = {
 
 @pytest.mark.parametrize(
     ("device", "expected"),
-    [("d-rp", "02/00"), ("d-dn", "04/00/01/00"), ("d-br", "05/03"), ("d-fn", "05/08")],
+    [("d-rp", "02/00"), ("d-dn", "04/00/01/00"), ("d-br", "05/03"), ("d-fn", "05/08.3")],
 )
 def test_paths(device: str, expected: str) -> None:
     placement = placement_from_qom(device, FakeQom(TOPOLOGY))
@@ -89,10 +89,11 @@ def test_hops_root_first_and_reads_absolute_paths() -> None:
     assert qom_get.calls[:2] == [(f"{P}/d-dn", "addr"), (f"{P}/d-dn", "parent_bus")]
 
 
-def test_function_is_kept_and_noted() -> None:
+def test_the_device_function_is_part_of_the_path() -> None:
     placement = placement_from_qom("d-fn", FakeQom(TOPOLOGY))
     assert placement.function == 3
-    assert len(placement.notes) == 1 and "function 3 of slot 08" in placement.notes[0]
+    assert placement.path == GuestPciPath((5, 8), 3)
+    assert placement.notes == ()  # the device's own function is expressed, not noted
     assert placement_from_qom("d-rp", FakeQom(TOPOLOGY)).notes == ()
 
 
