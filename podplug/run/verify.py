@@ -149,7 +149,7 @@ class GuestProver:
     def _vfio(self, device: DevicePlan, entry: AgentDevice, resolution: Resolution,
               row: DeviceRow, actual: dict[str, str]) -> DeviceRow:
         listing = {d.bdf: d for d in parse_lspci(self._call("lspci"))}
-        seen = {guest: self._seen(guest, listing) for _, guest in resolution.functions}
+        seen = {guest: self.observe(guest, listing) for _, guest in resolution.functions}
         expected = expectations(device, self.inventory, emulated=self.emulated)
         problems = vfio_problems(device, entry, resolution, expected, seen, actual)
         if resolution.node:
@@ -172,7 +172,9 @@ class GuestProver:
                      f"/dev/vfio node); {bars} BARs in their windows")
         return _judged(row, check, problems)
 
-    def _seen(self, guest: str, listing: dict[str, GuestPciDevice]) -> FunctionSeen:
+    def observe(self, guest: str, listing: dict[str, GuestPciDevice]) -> FunctionSeen:
+        """What the guest shows for one resolved function: its lspci line, its BARs, the
+        windows of the port above it and, for a stand-in, its serial."""
         device = listing.get(guest)
         if device is None:
             return FunctionSeen(None, None, (), ())

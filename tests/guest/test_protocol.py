@@ -17,10 +17,12 @@ from podplug.guest.protocol import (
     error_for,
     finish,
     format_request,
+    parse_bars,
     parse_devnum,
     parse_fields,
     parse_lspci,
     parse_reply_line,
+    parse_resolution,
 )
 
 
@@ -188,3 +190,28 @@ def test_wait_ready_skips_pings_while_the_channel_is_full() -> None:
         client.close()
         qemu_side.close()
     assert reply.payload.startswith("pong")
+
+
+@pytest.mark.parametrize("payload", [
+    "type=frob node=/x devnum=1:2",  # unknown type
+    "type=blk vm_path=/dev/vda",  # no node, no devnum
+    "type=vfio-pci node=/x devnum=1:2 group=3",  # no map
+    "type=vfio-pci-gk map=0000:41:00.0>nonsense",  # bad guest BDF
+    "type=vfio-pci-gk map=0000:41:00.0",  # no '>'
+])
+def test_parse_resolution_refuses_malformed_replies(payload: str) -> None:
+    with pytest.raises(AgentError):
+        parse_resolution(AgentReply("r1", "device", payload))
+
+
+def test_device_timeout_is_a_hotplug_timeout() -> None:
+    err = error_for("device", ("/run/podplug/ctr", "660", "300", "blk", "02/01", "-", "/x"),
+                    "timeout no block device below 0000:00:02.0 (02/01) after 300 ms")
+    assert isinstance(err, HotplugTimeout)
+    assert "blk entry 02/01" in str(err) and err.waited_s == 0.3
+
+
+@pytest.mark.parametrize("line", ["x fe000000 fe003fff 140204", "0 fe000000", "0 10 5 0"])
+def test_parse_bars_refuses_malformed_lines(line: str) -> None:
+    with pytest.raises(AgentError):
+        parse_bars(AgentReply("r1", "bars", "1", (line,)))
