@@ -26,6 +26,9 @@ EXIT_REJECTED = 8
 FORMATS = ("tree", "json", "argv", "qmp", "dot")
 DEMO_DIR = Path(__file__).parent / "demo"
 FAKE_HOSTS = ("demo", "eight-gpu")
+HOTPLUG_MODES = ("acpi", "native")
+HOTPLUG_HELP = ("how the guest learns of hot-plugged devices (default acpi, the q35 default); "
+                "native moves volumes to root ports and refuses hot bridge-port VFIO")
 
 
 def _render(fmt: str) -> Callable[..., str]:
@@ -53,11 +56,13 @@ def _argv_lines(argv: list[str]) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from podplug.inputs.load import load_inputs
+    from podplug.model.enums import HotplugMode
     from podplug.plan.plan import plan
 
     inputs = load_inputs(args.config, args.spec, cdi_dirs=args.cdi_dir or _default_cdi(),
                          sysfs_root=args.sysfs)
-    result = plan(inputs.config, inputs.request, inputs.inventory)
+    result = plan(inputs.config, inputs.request, inputs.inventory,
+                  hotplug=HotplugMode(args.hotplug))
     sys.stdout.write(_render(args.format)(result))
     rejected = result.in_bucket(Bucket.REJECTED)
     for device in rejected:
@@ -199,6 +204,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from podplug.inputs.kata import RuntimeConfig, apply_annotations, load_kata_config
     from podplug.inputs.oci import load_oci_spec
     from podplug.matrix.kata_models import era_for_version
+    from podplug.model.enums import HotplugMode
 
     config: RuntimeConfig | ConfigError
     try:
@@ -224,7 +230,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             return 2
     inventory = scan_host(args.sysfs)
     findings = diagnose(config, request=request, inventory=inventory, era=era,
-                        version=args.kata_version or "")
+                        version=args.kata_version or "", hotplug=HotplugMode(args.hotplug))
     for f in findings:
         fix = f"  -> {f.fix}" if f.fix and f.severity >= Severity.WARNING else ""
         print(f"{f.severity.name:<7} {f.check:<12} {f.message}{fix}")
@@ -250,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sysfs", default="/sys", metavar="DIR",
                    help="the directory that stands for /sys (default /sys)")
     p.add_argument("--format", choices=FORMATS, default="tree")
+    p.add_argument("--hotplug", choices=HOTPLUG_MODES, default="acpi", help=HOTPLUG_HELP)
     p.set_defaults(func=cmd_plan)
 
     r = sub.add_parser("run", help="boot a VM from the plan, plug every device, prove each "
@@ -262,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto probes KVM with a short boot and falls back to TCG")
     r.add_argument("--emulate-vfio", action=argparse.BooleanOptionalAction, default=None,
                    help="emulated stand-ins for VFIO devices (default: when no host IOMMU)")
-    r.add_argument("--hotplug", choices=("acpi", "native"), default="acpi")
+    r.add_argument("--hotplug", choices=HOTPLUG_MODES, default="acpi", help=HOTPLUG_HELP)
     r.add_argument("--keep-running", action="store_true")
     r.add_argument("--boot-timeout", type=float, default=60.0, metavar="S",
                    help="seconds to wait for the guest agent (default 60; nested TCG "
@@ -294,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--kata-version", metavar="X.Y.Z")
     d.add_argument("--cdi-dir", action="append", metavar="DIR")
     d.add_argument("--sysfs", default="/sys", metavar="DIR")
+    d.add_argument("--hotplug", choices=HOTPLUG_MODES, default="acpi", help=HOTPLUG_HELP)
     d.set_defaults(func=cmd_doctor)
 
     f = sub.add_parser("fake-host", help="write a FAKE sysfs tree (a stand-in host) to DIR")

@@ -23,7 +23,7 @@ from enum import IntEnum
 from podplug.errors import ConfigError, PlanError
 from podplug.inputs.kata import RuntimeConfig
 from podplug.matrix.kata_models import KataEra, KataOutcome, select_devices
-from podplug.model.enums import Bucket, NodeType
+from podplug.model.enums import Bucket, HotplugMode, NodeType
 from podplug.model.host import HostInventory
 from podplug.model.request import ContainerDevice, ContainerRequest
 from podplug.plan.model import Plan
@@ -119,9 +119,10 @@ def kata_findings(era: KataEra, version: str, config: RuntimeConfig,
 
 
 def plan_findings(config: RuntimeConfig, request: ContainerRequest,
-                  inventory: HostInventory) -> tuple[list[Finding], Plan | None]:
+                  inventory: HostInventory,
+                  hotplug: HotplugMode = HotplugMode.ACPI) -> tuple[list[Finding], Plan | None]:
     try:
-        result = make_plan(config, request, inventory)
+        result = make_plan(config, request, inventory, hotplug=hotplug)
     except PlanError as exc:
         return [Finding(Severity.ERROR, "topology", str(exc),
                         "reduce the devices or change the port kind")], None
@@ -129,8 +130,9 @@ def plan_findings(config: RuntimeConfig, request: ContainerRequest,
                         "see the reason") for d in result.in_bucket(Bucket.REJECTED)]
     topo = result.topology
     findings.append(Finding(Severity.OK, "topology",
-                            f"{len(result.devices)} devices planned; {topo.root_slots_used} "
-                            f"root-bus slots and {topo.bus_numbers} of 255 bus numbers used"))
+                            f"{len(result.devices)} devices planned for {hotplug.value} "
+                            f"hot-plug; {topo.root_slots_used} root-bus slots and "
+                            f"{topo.bus_numbers} of 255 bus numbers used"))
     return findings, result
 
 
@@ -211,7 +213,7 @@ def _bar_findings(result: Plan, inventory: HostInventory) -> list[Finding]:
 
 def diagnose(config: RuntimeConfig | ConfigError, *, request: ContainerRequest | None = None,
              inventory: HostInventory | None = None, era: KataEra | None = None,
-             version: str = "") -> list[Finding]:
+             version: str = "", hotplug: HotplugMode = HotplugMode.ACPI) -> list[Finding]:
     """Every finding for this deployment, in check order."""
     if isinstance(config, ConfigError):
         return [Finding(Severity.ERROR, "config", str(config),
@@ -222,12 +224,13 @@ def diagnose(config: RuntimeConfig | ConfigError, *, request: ContainerRequest |
                         f"[{hv.section}] valid: vfio_mode={config.vfio_mode.value} "
                         f"cold_plug_vfio={hv.cold_plug_vfio.value} "
                         f"hot_plug_vfio={hv.hot_plug_vfio.value} "
-                        f"block_device_driver={hv.block_device_driver.value}")]
+                        f"block_device_driver={hv.block_device_driver.value} "
+                        f"hotplug={hotplug.value}")]
     if era is not None:
         findings += kata_findings(era, version, config, request)
     result = None
     if request is not None and inventory is not None:
-        more, result = plan_findings(config, request, inventory)
+        more, result = plan_findings(config, request, inventory, hotplug)
         findings += more
     if inventory is not None:
         findings += host_findings(request, inventory, result)

@@ -32,9 +32,24 @@ def test_nvidia_config_gpu_group_and_block_volume_tree(
                          str(DEMO / "spec.json"), "--sysfs", str(host))
     assert code == 0, err
     assert "vfio-0000-41-00-0 [vfio-pci] /dev/vfio/12 cold-vfio guest 04/00" in out
-    assert "vfio-0000-41-00-1 [vfio-pci] /dev/vfio/12 cold-vfio guest 04/00" in out
+    assert "vfio-0000-41-00-1 [vfio-pci] /dev/vfio/12 cold-vfio guest 04/00.1" in out
     assert "blk0 [scsi-hd] /dev/xda hot-block" in out
     assert "0 rejected (of 3 requested)" in out
+
+
+def test_plan_says_and_follows_the_hotplug_mode(capsys: pytest.CaptureFixture[str],
+                                               host: Path) -> None:
+    args = ("plan", "--config", str(DEMO / "configuration.toml"), "--spec",
+            str(DEMO / "spec.json"), "--sysfs", str(host))
+    code, acpi, _ = run(capsys, *args)
+    assert code == 0 and "hotplug=acpi" in acpi.splitlines()[0]
+    assert "blk0 [virtio-blk-pci] /dev/xda hot-block guest 02/01" in acpi  # a bridge slot
+    code, native, _ = run(capsys, *args, "--hotplug", "native")
+    assert code == 0 and "hotplug=native" in native.splitlines()[0]
+    assert "[pci-bridge" not in native.split("blk0")[0].splitlines()[-1]
+    assert "blk0 [virtio-blk-pci] /dev/xda hot-block guest 02/01" not in native
+    code, out, _ = run(capsys, *args, "--hotplug", "native", "--format", "argv")
+    assert "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off" in out
 
 
 @pytest.mark.parametrize("fmt", ["tree", "json", "argv", "qmp", "dot"])

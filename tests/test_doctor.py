@@ -98,3 +98,23 @@ def test_guest_kernel_mirror_flagged_until_3_32() -> None:
         findings = diagnose(cfg, request=req, inventory=inventory(1, 2), era=era, version="x")
         dropped = [f for f in findings if "drops /dev/vfio/12" in f.message]
         assert bool(dropped) == bad, era
+
+
+def test_doctor_plans_for_the_hotplug_mode_it_is_given(capsys: pytest.CaptureFixture[str],
+                                                      host: Path, tmp_path: Path) -> None:
+    """Under native hot-plug a hot bridge-port VFIO device cannot be plugged: doctor, like
+    plan and run, plans for the mode it is told and says which."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[hypervisor.qemu]\nmachine_type = "q35"\nhot_plug_vfio = "bridge-port"\n'
+                   'block_device_driver = "virtio-blk"\n[runtime]\nvfio_mode = "vfio"\n')
+    spec = str(DEMO / "spec.json")
+    code = main(["doctor", "--config", str(cfg), "--spec", spec, "--sysfs", str(host)])
+    out = capsys.readouterr().out
+    assert "hotplug=acpi" in out and "planned for acpi hot-plug" in out
+    assert "rejected" not in out
+    code = main(["doctor", "--config", str(cfg), "--spec", spec, "--sysfs", str(host),
+                 "--hotplug", "native"])
+    out = capsys.readouterr().out
+    assert code == EXIT_DOCTOR_ERROR
+    assert "hotplug=native" in out and "/dev/vfio/12 rejected" in out
+    assert "needs ACPI PCI hot-plug" in out

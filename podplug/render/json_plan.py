@@ -44,6 +44,7 @@ def plan_json(plan: Plan) -> dict[str, object]:
             "block_device_driver": hv.block_device_driver.value,
             "default_bridges": hv.default_bridges,
         },
+        "hotplug": plan.hotplug.value,
         "container_type": plan.container_type.value,
         "guest_iommu": plan.guest_iommu,
         "topology": {

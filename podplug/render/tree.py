@@ -56,6 +56,7 @@ def render_tree(plan: Plan) -> str:
         f"{'cloud-hypervisor' if clh else 'q35'} {root}  vfio_mode={plan.config.vfio_mode.value} "
         f"cold_plug_vfio={hv.cold_plug_vfio.value} hot_plug_vfio={hv.hot_plug_vfio.value} "
         f"block_device_driver={hv.block_device_driver.value}"
+        f"{'' if clh else f' hotplug={plan.hotplug.value}'}"
         f"{'  guest IOMMU: ' if plan.guest_iommu else ''}"
         f"{('virtio-iommu' if clh else 'intel-iommu') if plan.guest_iommu else ''}",
     ]

@@ -118,7 +118,7 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
     has_vfio = any(d.functions for d in plan.devices)
     emulate, why_emulate = decide_emulation(options.emulate_vfio, inputs.inventory.sysfs_root,
                                             _real_host_has_iommu())
-    notes: list[str] = []
+    notes: list[str] = [f"planned for {plan.hotplug.value} hot-plug"]
     if has_vfio and emulate:
         notes.append(f"VFIO EMULATED ({why_emulate}): each VFIO function is an emulated nvme "
                      f"stand-in ({STANDIN_VENDOR_DEVICE}, serial = host BDF) on its planned "
