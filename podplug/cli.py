@@ -15,9 +15,16 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from podplug.errors import PodplugError
 from podplug.model.enums import Bucket
+
+if TYPE_CHECKING:
+    from podplug.errors import ConfigError
+    from podplug.inputs.kata import RuntimeConfig
+    from podplug.model.qemu import QemuCapabilities
+    from podplug.plan.model import Plan
 
 EXIT_UNUSABLE = 7
 EXIT_DOCTOR_WARNING = 10
@@ -27,6 +34,8 @@ FORMATS = ("tree", "json", "argv", "qmp", "dot")
 DEMO_DIR = Path(__file__).parent / "demo"
 FAKE_HOSTS = ("demo", "eight-gpu")
 HOTPLUG_MODES = ("acpi", "native")
+QEMU_HELP = ("the QEMU binary (default: the configuration's [hypervisor.qemu] path, else "
+             "/usr/bin/qemu-system-x86_64); its features are probed and the plan checked")
 HOTPLUG_HELP = ("how the guest learns of hot-plugged devices (default acpi, the q35 default); "
                 "native moves volumes to root ports and refuses hot bridge-port VFIO")
 
@@ -63,11 +72,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
                          sysfs_root=args.sysfs)
     result = plan(inputs.config, inputs.request, inputs.inventory,
                   hotplug=HotplugMode(args.hotplug))
+    if args.qemu:
+        _check_qemu(inputs.config, args.qemu, result)
     sys.stdout.write(_render(args.format)(result))
     rejected = result.in_bucket(Bucket.REJECTED)
     for device in rejected:
         print(f"podplug: rejected {device.request.path}: {device.reason}", file=sys.stderr)
     return EXIT_REJECTED if rejected else 0
+
+
+def _check_qemu(config: RuntimeConfig, override: str, result: Plan) -> None:
+    """``plan --qemu``: refuse a plan the binary cannot run (a real assignment, no stand-ins)."""
+    from podplug.errors import ConfigError
+    from podplug.plan.needs import qemu_needs
+    from podplug.vm.probe import require
+
+    caps = _probe(config, override)
+    if isinstance(caps, ConfigError):
+        raise caps
+    require(caps, qemu_needs(result, emulated=False))
 
 
 def _default_cdi() -> list[str]:
@@ -115,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     options = RunOptions(
         accel=Accel(args.accel), emulate_vfio=args.emulate_vfio,
-        hotplug=HotplugMode(args.hotplug), keep_running=args.keep_running,
+        hotplug=HotplugMode(args.hotplug), keep_running=args.keep_running, qemu=args.qemu,
         cache_dir=Path(args.cache) if args.cache else None, progress=progress,
         boot_timeout=args.boot_timeout,
     )
@@ -229,8 +252,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print(f"podplug: error: --kata-version: {exc}", file=sys.stderr)
             return 2
     inventory = scan_host(args.sysfs)
+    qemu = _probe(config, args.qemu) if isinstance(config, RuntimeConfig) else None
     findings = diagnose(config, request=request, inventory=inventory, era=era,
-                        version=args.kata_version or "", hotplug=HotplugMode(args.hotplug))
+                        version=args.kata_version or "", hotplug=HotplugMode(args.hotplug),
+                        qemu=qemu)
     for f in findings:
         fix = f"  -> {f.fix}" if f.fix and f.severity >= Severity.WARNING else ""
         print(f"{f.severity.name:<7} {f.check:<12} {f.message}{fix}")
@@ -238,6 +263,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"doctor: worst finding {level.name}")
     return {Severity.WARNING: EXIT_DOCTOR_WARNING, Severity.ERROR: EXIT_DOCTOR_ERROR}.get(
         level, 0)
+
+
+def _probe(config: RuntimeConfig, override: str | None) -> QemuCapabilities | ConfigError:
+    """The configured QEMU binary's capabilities, or why there is none (for doctor)."""
+    from podplug.errors import ConfigError
+    from podplug.guest.image import default_cache_dir
+    from podplug.vm.probe import probe_qemu, resolve_qemu
+
+    hv = config.hypervisor
+    try:
+        binary = resolve_qemu(hv.path, override, hv.section)
+    except ConfigError as exc:
+        return exc
+    return probe_qemu(binary, default_cache_dir())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the directory that stands for /sys (default /sys)")
     p.add_argument("--format", choices=FORMATS, default="tree")
     p.add_argument("--hotplug", choices=HOTPLUG_MODES, default="acpi", help=HOTPLUG_HELP)
+    p.add_argument("--qemu", metavar="BINARY", help="check the plan against this QEMU "
+                   "binary's probed features (a plan it cannot run is refused, exit 4)")
     p.set_defaults(func=cmd_plan)
 
     r = sub.add_parser("run", help="boot a VM from the plan, plug every device, prove each "
@@ -271,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="emulated stand-ins for VFIO devices (default: when no host IOMMU)")
     r.add_argument("--hotplug", choices=HOTPLUG_MODES, default="acpi", help=HOTPLUG_HELP)
     r.add_argument("--keep-running", action="store_true")
+    r.add_argument("--qemu", metavar="BINARY", help=QEMU_HELP)
     r.add_argument("--boot-timeout", type=float, default=60.0, metavar="S",
                    help="seconds to wait for the guest agent (default 60; nested TCG "
                    "guests need minutes)")
@@ -302,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cdi-dir", action="append", metavar="DIR")
     d.add_argument("--sysfs", default="/sys", metavar="DIR")
     d.add_argument("--hotplug", choices=HOTPLUG_MODES, default="acpi", help=HOTPLUG_HELP)
+    d.add_argument("--qemu", metavar="BINARY", help=QEMU_HELP)
     d.set_defaults(func=cmd_doctor)
 
     f = sub.add_parser("fake-host", help="write a FAKE sysfs tree (a stand-in host) to DIR")

@@ -10,6 +10,8 @@ severity, one line of explanation and the fix. Checks:
   (models in :mod:`podplug.matrix.kata_models`);
 * with a spec: every device is planned (a rejection is an error with its reason), and the
   topology fits its budgets (ports, root-bus slots, bus numbers);
+* the QEMU binary (the configuration's ``path`` or ``--qemu``): it exists, and has every
+  feature the plan renders (probed, never inferred from its version);
 * with the host: IOMMU groups exist, every function of each requested group is bound to
   ``vfio-pci`` (a group is viable only when no function is held by a host driver), and the
   hot-plug windows the plan reserves cover the devices' BARs.
@@ -25,8 +27,10 @@ from podplug.inputs.kata import RuntimeConfig
 from podplug.matrix.kata_models import KataEra, KataOutcome, select_devices
 from podplug.model.enums import Bucket, HotplugMode, NodeType
 from podplug.model.host import HostInventory
+from podplug.model.qemu import QemuCapabilities, QemuFeature
 from podplug.model.request import ContainerDevice, ContainerRequest
 from podplug.plan.model import Plan
+from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan as make_plan
 from podplug.plan.route import is_vfio_path, resolve_vfio
 
@@ -136,6 +140,26 @@ def plan_findings(config: RuntimeConfig, request: ContainerRequest,
     return findings, result
 
 
+def qemu_findings(qemu: QemuCapabilities | ConfigError,
+                  result: Plan | None) -> list[Finding]:
+    """The binary that would run the plan, and whether it can."""
+    if isinstance(qemu, ConfigError):
+        return [Finding(Severity.ERROR, "qemu", str(qemu),
+                        "install QEMU there, or point path (or --qemu) at it")]
+    findings = [Finding(Severity.OK, "qemu", f"{qemu.binary}: QEMU {qemu.version_text}")]
+    if result is not None:
+        missing = qemu.lacks(qemu_needs(result, emulated=False))
+        if missing:
+            findings.append(Finding(
+                Severity.ERROR, "qemu",
+                f"{qemu.binary} (QEMU {qemu.version_text}) has no "
+                f"{', '.join(f.value for f in missing)}, which the plan needs",
+                "use a QEMU that has it (QEMU 9.0+ for iommufd), or pass the group node "
+                "/dev/vfio/<N> instead of the iommufd cdev"
+                if QemuFeature.IOMMUFD_OBJECT in missing else "use a QEMU that has it"))
+    return findings
+
+
 def host_findings(request: ContainerRequest | None, inventory: HostInventory,
                   result: Plan | None) -> list[Finding]:
     vfio = [d for d in (request.devices if request else ()) if is_vfio_path(d.path)]
@@ -213,7 +237,8 @@ def _bar_findings(result: Plan, inventory: HostInventory) -> list[Finding]:
 
 def diagnose(config: RuntimeConfig | ConfigError, *, request: ContainerRequest | None = None,
              inventory: HostInventory | None = None, era: KataEra | None = None,
-             version: str = "", hotplug: HotplugMode = HotplugMode.ACPI) -> list[Finding]:
+             version: str = "", hotplug: HotplugMode = HotplugMode.ACPI,
+             qemu: QemuCapabilities | ConfigError | None = None) -> list[Finding]:
     """Every finding for this deployment, in check order."""
     if isinstance(config, ConfigError):
         return [Finding(Severity.ERROR, "config", str(config),
@@ -232,6 +257,8 @@ def diagnose(config: RuntimeConfig | ConfigError, *, request: ContainerRequest |
     if request is not None and inventory is not None:
         more, result = plan_findings(config, request, inventory, hotplug)
         findings += more
+    if qemu is not None:
+        findings += qemu_findings(qemu, result)
     if inventory is not None:
         findings += host_findings(request, inventory, result)
     return findings

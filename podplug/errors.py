@@ -12,7 +12,8 @@ with its own CLI exit code (``exit_code``)::
      ├── HostError                  exit 3   sysfs could not be read or is inconsistent
      ├── PlanError                  exit 4   the request cannot be laid out
      │    ├── TopologyExhausted     a budget (bus numbers, root-bus slots, ...) is exceeded
-     │    └── UnsupportedPlatform   a hypervisor / machine type podplug does not plan
+     │    ├── UnsupportedPlatform   a hypervisor / machine type podplug does not plan
+     │    └── QemuLacksFeature      the QEMU binary cannot run what the plan renders
      ├── GuestImageError            exit 5   the guest kernel/initramfs could not be built
      ├── VmError                    exit 6   QEMU, QMP or the guest agent failed
      │    ├── QemuLaunchError       QEMU exited or never offered QMP
@@ -158,6 +159,23 @@ class UnsupportedPlatform(PlanError):
         super().__init__(
             f"{what} = {value!r}: podplug plans only {_allowed(allowed)}"
         )
+
+
+class QemuLacksFeature(PlanError):
+    """The QEMU binary that would run the plan does not have a feature the plan renders.
+
+    :ivar features: what is missing, as the plan spells it (``-object iommufd``)
+    :ivar binary: the QEMU binary asked
+    :ivar version: its version, as it reported it
+    """
+
+    def __init__(self, features: Sequence[str], binary: str, version: str) -> None:
+        self.features = tuple(features)
+        self.binary = binary
+        self.version = version
+        super().__init__(
+            f"{binary} (QEMU {version}) has no {', '.join(self.features)}, which the plan "
+            "needs; use a QEMU that has it (--qemu) or change the plan")
 
 
 class GuestImageError(PodplugError):

@@ -118,3 +118,30 @@ def test_doctor_plans_for_the_hotplug_mode_it_is_given(capsys: pytest.CaptureFix
     assert code == EXIT_DOCTOR_ERROR
     assert "hotplug=native" in out and "/dev/vfio/12 rejected" in out
     assert "needs ACPI PCI hot-plug" in out
+
+
+def test_doctor_names_a_qemu_that_cannot_run_the_plan() -> None:
+    from podplug.model.qemu import QemuCapabilities, QemuFeature
+    from tests.support import iommufd_dev
+
+    qemu72 = QemuCapabilities("/usr/bin/qemu-system-x86_64", (7, 2, 22), "Debian",
+                              frozenset({QemuFeature.PREF64_RESERVE, QemuFeature.MEM_RESERVE}))
+    findings = diagnose(config("guest-kernel", cold="root-port"),
+                        request=request(iommufd_dev(0)), inventory=inventory(0, iommufd=1),
+                        qemu=qemu72)
+    (bad,) = [f for f in findings if f.check == "qemu" and f.severity is Severity.ERROR]
+    assert "QEMU 7.2.22 (Debian)) has no -object iommufd" in bad.message
+    assert "QEMU 9.0+ for iommufd" in bad.fix
+    from podplug.errors import ConfigError
+
+    missing = ConfigError("hypervisor.qemu.path", "no such file", value="/opt/kata/bin/qemu")
+    findings = diagnose(config("vfio", cold="root-port"), qemu=missing)
+    assert any(f.check == "qemu" and f.severity is Severity.ERROR and "/opt/kata" in f.message
+               for f in findings)
+
+
+@pytest.mark.vm
+def test_doctor_reports_the_configured_qemu(capsys: pytest.CaptureFixture[str],
+                                            host: Path) -> None:
+    code, out = doctor(capsys, "--sysfs", str(host))
+    assert code == 0 and "qemu         /usr/bin/qemu-system-x86_64: QEMU " in out

@@ -10,7 +10,9 @@ Keys read (``src/runtime/pkg/katautils/config.go``; research ``kata-devices.md``
   ``root-port`` | ``switch-port`` | ``bridge-port``, default ``no-port``; empty string is the
   default), ``pcie_root_port`` and ``pcie_switch_port`` (counts, at most 16 each:
   ``maxPCIeRootPort`` / ``maxPCIeSwitchPort``), ``machine_type``, ``block_device_driver``,
-  ``default_bridges`` (at most 5, Kata's ``maxPCIBridges``) and ``enable_annotations``.
+  ``default_bridges`` (at most 5, Kata's ``maxPCIBridges``), ``enable_annotations`` and
+  ``path``, the hypervisor binary (an absolute path; Kata's default for QEMU is
+  ``/usr/bin/qemu-system-x86_64``, its Makefile's ``QEMUPATH`` under ``PREFIX=/usr``).
 
 Validation follows Kata's ``checkPCIeConfig`` (§2.4), with its defects fixed: when both
 ``cold_plug_vfio`` and ``hot_plug_vfio`` are set the message names each with its own value
@@ -59,6 +61,7 @@ class HypervisorConfig:
     block_device_driver: BlockDriver = BlockDriver.VIRTIO_SCSI
     default_bridges: int = 1
     enable_annotations: tuple[str, ...] = ()
+    path: str = ""  # the hypervisor binary; "" when the file does not say
 
     @property
     def section(self) -> str:
@@ -136,6 +139,10 @@ def parse_kata_config(doc: Mapping[str, object]) -> RuntimeConfig:
     if not isinstance(annotations, list) or not all(isinstance(a, str) for a in annotations):
         raise ConfigError(f"{section}.enable_annotations", "must be a list of strings")
     bridges = table.get("default_bridges", 1)
+    binary = table.get("path", "")
+    if not isinstance(binary, str) or (binary and not binary.startswith("/")):
+        raise ConfigError(f"{section}.path", "must be an absolute path to the hypervisor binary",
+                          value=binary)
     hv = HypervisorConfig(
         kind=kind,
         machine_type=str(table.get("machine_type", "q35" if kind is Hypervisor.QEMU else "")),
@@ -152,6 +159,7 @@ def parse_kata_config(doc: Mapping[str, object]) -> RuntimeConfig:
             BlockDriver.VIRTIO_SCSI, "unsupported block device driver"),
         default_bridges=_count(f"{section}.default_bridges", bridges, MAX_BRIDGES),
         enable_annotations=tuple(annotations),
+        path=binary,
     )
     validate_ports(hv)
     if kind is Hypervisor.CLOUD_HYPERVISOR and hv.block_device_driver is BlockDriver.VIRTIO_SCSI:

@@ -15,11 +15,13 @@ real: in ``vfio`` mode the guest binds it to ``vfio-pci`` under a virtual IOMMU.
 from __future__ import annotations
 
 from podplug.model.host import IORESOURCE_MEM, IORESOURCE_MEM_64, Bar, PciFunction
+from podplug.model.qemu import QemuFeature
 from podplug.plan.model import QemuDevice
 
 STANDIN_DRIVER = "nvme"
 STANDIN_VENDOR_DEVICE = "1b36:0010"  # QEMU NVM Express controller
 STANDIN_REGISTER_BAR = Bar(0, 16 << 10, IORESOURCE_MEM | IORESOURCE_MEM_64)  # nvme BAR0
+STANDIN_FEATURES: frozenset[QemuFeature] = frozenset()  # QEMU features the stand-ins use
 _KEPT = ("id", "bus", "addr", "multifunction")
 
 

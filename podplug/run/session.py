@@ -1,6 +1,7 @@
 """``podplug run``: the single wiring point that carries a plan out and proves it.
 
-plan -> guest image -> accelerator -> boot QEMU with the planned topology and cold-plugged
+plan -> QEMU binary and its features (the plan refused if it needs one the binary lacks) ->
+guest image -> accelerator -> boot QEMU with the planned topology and cold-plugged
 devices -> guest agent ready -> read back where QEMU put the cold devices -> hot-plug the
 rest (rolled back as a batch on failure) -> prove each device in the guest -> unplug ->
 shut down -> report. Every process, socket and temporary directory is gone on every exit
@@ -21,18 +22,20 @@ from pathlib import Path
 
 from podplug.errors import PodplugError
 from podplug.guest.agent_client import AgentClient
-from podplug.guest.image import GuestImage, build_image
+from podplug.guest.image import GuestImage, build_image, default_cache_dir
 from podplug.inputs.load import Inputs
 from podplug.model.enums import Bucket, HotplugMode
 from podplug.plan.model import DevicePlan, Plan
+from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan as make_plan
 from podplug.plan.sequence import backing_drive, hot_devices, plug_steps, unplug_steps
-from podplug.plan.standin import STANDIN_VENDOR_DEVICE, stand_in
+from podplug.plan.standin import STANDIN_FEATURES, STANDIN_VENDOR_DEVICE, stand_in
 from podplug.render.argv import render_argv
 from podplug.run.report import DeviceRow, RunReport
 from podplug.run.verify import GuestProver
 from podplug.vm.accel import choose_accel, probe_kvm
 from podplug.vm.hotplug import StepResult, carry, carry_batch
+from podplug.vm.probe import probe_qemu, require, resolve_qemu
 from podplug.vm.process import Accel, Vm
 from podplug.vm.qompath import read_placement
 
@@ -47,6 +50,7 @@ class RunOptions:
     emulate_vfio: bool | None = None  # None: emulate when the host has no IOMMU
     hotplug: HotplugMode = HotplugMode.ACPI
     keep_running: bool = False
+    qemu: str | None = None  # --qemu: overrides the configuration's [hypervisor.qemu] path
     cache_dir: Path | None = None
     memory_mib: int = 512
     boot_timeout: float = 60.0  # to a ready agent; ~5 s here, minutes when nested
@@ -127,10 +131,15 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
         notes.append("VFIO: real host devices passed with vfio-pci")
     for note in notes:
         clock.say(note)
+    hv = inputs.config.hypervisor
+    qemu = resolve_qemu(hv.path, options.qemu, hv.section)
+    caps = probe_qemu(qemu, options.cache_dir or default_cache_dir())
+    require(caps, qemu_needs(plan, emulated=emulate, standin_features=STANDIN_FEATURES))
+    clock.say(f"QEMU {caps.version_text}: {qemu}")
     clock.say("guest image: building or loading from cache")
     with clock.phase("image"):
         image = build_image(options.cache_dir)
-    accel, why = choose_accel(options.accel, probe_kvm)
+    accel, why = choose_accel(options.accel, lambda: probe_kvm(qemu_binary=str(qemu)))
     notes.append(f"accelerator {accel.value}: {why}")
     clock.say(f"accelerator {accel.value} ({why})")
     with tempfile.TemporaryDirectory(prefix="podplug-run-") as tmp:
@@ -138,7 +147,8 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
         argv = guest_argv(plan, image, sock, emulate=emulate,
                           memory_mib=options.memory_mib, accel=accel)
         clock.say("booting VM")
-        with clock.phase("vm_total"), Vm(argv, accel=accel, tmp_parent=tmp) as vm:
+        with clock.phase("vm_total"), Vm(argv, accel=accel, qemu_binary=str(qemu),
+                                         tmp_parent=tmp) as vm:
             rows = _run_in_vm(vm, plan, inputs, options, clock, sock, emulate)
     clock.say("VM stopped, temporary files removed")
     return RunReport(tuple(rows), accel.value, emulate and has_vfio, tuple(notes),

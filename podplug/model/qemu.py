@@ -1,0 +1,46 @@
+"""What a QEMU binary can do: its version and the features podplug's plans may need.
+
+Filled by :func:`podplug.vm.probe.probe_qemu` (the shell asks the binary itself over QMP)
+and compared with :func:`podplug.plan.needs.qemu_needs` (what a plan renders). Versions are
+facts to report, never a stand-in for a feature check: Debian 12 ships QEMU 7.2, Debian 13
+QEMU 10.0, and a distribution may backport or drop a feature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class QemuFeature(Enum):
+    """A QEMU feature a plan may render, spelled as the plan uses it.
+
+    Each is probed by a type or a property (:data:`podplug.vm.probe.FEATURE_PROBES`):
+    ``-object iommufd`` and ``vfio-pci,iommufd=`` arrived in QEMU 9.0; ``pref64-reserve`` on
+    ``pcie-root-port`` in 3.0; nvme's persistent memory region (``pmrdev``) in 5.1.
+    """
+
+    IOMMUFD_OBJECT = "-object iommufd"
+    VFIO_IOMMUFD = "vfio-pci,iommufd="
+    PREF64_RESERVE = "pref64-reserve="  # on pcie-root-port and pci-bridge
+    MEM_RESERVE = "mem-reserve="
+    NVME_PMR = "nvme,pmrdev="
+
+
+@dataclass(frozen=True)
+class QemuCapabilities:
+    """One QEMU binary, as it described itself."""
+
+    binary: str
+    version: tuple[int, int, int]
+    package: str  # the distribution's package version, e.g. "Debian 1:7.2+dfsg-7+deb12u18"
+    features: frozenset[QemuFeature]
+
+    @property
+    def version_text(self) -> str:
+        text = ".".join(map(str, self.version))
+        return f"{text} ({self.package})" if self.package else text
+
+    def lacks(self, needed: frozenset[QemuFeature]) -> tuple[QemuFeature, ...]:
+        """The needed features this binary does not have, in a stable order."""
+        return tuple(f for f in QemuFeature if f in needed and f not in self.features)

@@ -1,0 +1,130 @@
+"""Which QEMU binary runs a plan, and what it can do: asked once over QMP, cached per binary.
+
+The binary is the Kata configuration's ``[hypervisor.qemu] path`` (Kata's own default,
+``/usr/bin/qemu-system-x86_64``, when the file has none), or ``--qemu``, which wins. It is
+never looked up in ``$PATH``. :func:`resolve_qemu` checks that it exists and is an
+executable file, and names the key it came from when it is not.
+
+:func:`probe_qemu` starts the binary once with ``-machine none`` and asks it over QMP:
+``query-version``; ``qom-list-types`` (is there an ``iommufd`` object type?);
+``device-list-properties`` of the devices podplug renders (does ``vfio-pci`` take
+``iommufd``, ``pcie-root-port`` take ``pref64-reserve``, ``nvme`` take ``pmrdev``?). About
+0.2 s; the answer is cached under ``<cache>/qemu/`` keyed by the binary's path, inode, size
+and modification time, so a changed binary is probed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from podplug.errors import ConfigError, QemuLacksFeature, VmError
+from podplug.model.qemu import QemuCapabilities, QemuFeature
+from podplug.vm.process import Accel, Vm
+
+KATA_DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"  # Kata Makefile QEMUPATH, PREFIX=/usr
+PROBE_VERSION = 1
+
+#: feature -> (what to ask, type name, property name or None for "the type exists")
+FEATURE_PROBES: dict[QemuFeature, tuple[str, str, str | None]] = {
+    QemuFeature.IOMMUFD_OBJECT: ("type", "iommufd", None),
+    QemuFeature.VFIO_IOMMUFD: ("device", "vfio-pci", "iommufd"),
+    QemuFeature.PREF64_RESERVE: ("device", "pcie-root-port", "pref64-reserve"),
+    QemuFeature.MEM_RESERVE: ("device", "pcie-root-port", "mem-reserve"),
+    QemuFeature.NVME_PMR: ("device", "nvme", "pmrdev"),
+}
+
+
+def resolve_qemu(configured: str, override: str | None, section: str) -> Path:
+    """The QEMU binary to run: ``override`` (``--qemu``), else the configuration's ``path``,
+    else Kata's default.
+
+    :raises ConfigError: naming ``--qemu`` or ``[section] path`` when the file is missing,
+        not a regular file, or not executable.
+    """
+    key = "--qemu" if override else f"{section}.path"
+    chosen = override or configured or KATA_DEFAULT_QEMU
+    path = Path(chosen)
+    if not path.is_absolute():
+        raise ConfigError(key, "must be an absolute path to the QEMU binary", value=chosen)
+    where = "" if override or configured else " (Kata's default; the file sets no path)"
+    fix = "set path in the configuration, or pass --qemu"
+    if not path.exists():
+        raise ConfigError(key, f"no such file{where}; {fix}", value=chosen)
+    if not path.is_file():
+        raise ConfigError(key, f"not a regular file{where}; {fix}", value=chosen)
+    if not os.access(path, os.X_OK):
+        raise ConfigError(key, f"not executable{where}; {fix}", value=chosen)
+    return path
+
+
+def _cache_key(binary: Path) -> str:
+    st = binary.stat()
+    text = f"{PROBE_VERSION}\0{binary.resolve()}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _load(path: Path) -> QemuCapabilities | None:
+    try:
+        doc = json.loads(path.read_text())
+        major, minor, micro = (int(v) for v in doc["version"])
+        return QemuCapabilities(str(doc["binary"]), (major, minor, micro), str(doc["package"]),
+                                frozenset(QemuFeature(f) for f in doc["features"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or unreadable: probe again
+
+
+def _save(path: Path, caps: QemuCapabilities) -> None:
+    doc = {"binary": caps.binary, "version": list(caps.version), "package": caps.package,
+           "features": sorted(f.value for f in caps.features)}
+    with contextlib.suppress(OSError):  # a read-only cache only costs a probe next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".probe-")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(doc, handle)
+        os.replace(tmp, path)
+
+
+def probe_qemu(binary: Path, cache_dir: Path | None = None) -> QemuCapabilities:
+    """What ``binary`` can do (cached when ``cache_dir`` is given).
+
+    :raises QemuLaunchError: the binary does not start or offer QMP.
+    """
+    cached = cache_dir / "qemu" / f"{_cache_key(binary)}.json" if cache_dir else None
+    if cached is not None and (caps := _load(cached)) is not None:
+        return caps
+    with Vm(("-machine", "none"), accel=Accel.TCG, qemu_binary=str(binary),
+            name="qemu-probe") as vm:
+        version = vm.execute("query-version")
+        types = vm.execute("qom-list-types")
+        names = {t["name"] for t in types if isinstance(t, dict)} \
+            if isinstance(types, list) else set()
+        properties: dict[str, set[str]] = {}
+        for what, typename, _ in FEATURE_PROBES.values():
+            if what == "device" and typename in names and typename not in properties:
+                listed = vm.execute("device-list-properties", {"typename": typename})
+                properties[typename] = {p["name"] for p in listed if isinstance(p, dict)} \
+                    if isinstance(listed, list) else set()
+    if not isinstance(version, dict) or not isinstance(version.get("qemu"), dict):
+        raise VmError(f"{binary}: query-version returned {version!r}")
+    qemu = version["qemu"]
+    features = frozenset(
+        feature for feature, (what, typename, prop) in FEATURE_PROBES.items()
+        if (typename in names if prop is None else prop in properties.get(typename, set())))
+    caps = QemuCapabilities(str(binary), (int(qemu["major"]), int(qemu["minor"]),
+                                          int(qemu["micro"])),
+                            str(version.get("package", "")).strip(), features)
+    if cached is not None:
+        _save(cached, caps)
+    return caps
+
+
+def require(caps: QemuCapabilities, needed: frozenset[QemuFeature]) -> None:
+    """:raises QemuLacksFeature: naming what ``caps`` lacks of ``needed``."""
+    missing = caps.lacks(needed)
+    if missing:
+        raise QemuLacksFeature([f.value for f in missing], caps.binary, caps.version_text)
