@@ -160,7 +160,7 @@ def booted(plan: Plan, image: GuestImage, root: Path) -> Iterator[tuple[Vm, Agen
     its directory (below ``root``) removed on every exit path."""
     with tempfile.TemporaryDirectory(prefix="vm-", dir=root) as tmp:
         sock = Path(tmp) / "agent.sock"
-        argv = guest_argv(plan, image, sock, emulate=True,
+        argv = guest_argv(plan, image, sock, device=stand_in,
                           memory_mib=MEMORY_MIB, accel=ACCEL)
         started = time.monotonic()
         with Vm(argv, accel=ACCEL, tmp_parent=tmp, name="bench") as vm:
@@ -280,8 +280,7 @@ def standin_cycle(vm: Vm, agent: AgentClient, device: DevicePlan, into: Cycles) 
         carry(vm, step)
     into.qmp.append(time.monotonic() - t0)
     for function in device.functions:
-        agent.call("wait-pci", f"{function.guest_path}.{function.guest_function}", WAIT_MS,
-                   timeout=15.0)
+        agent.call("wait-pci", str(function.guest_path), WAIT_MS, timeout=15.0)
     into.add.append(time.monotonic() - t0)
     unplug(vm, unplug_steps([device]), into)
 

@@ -90,7 +90,7 @@ def _check_qemu(config: RuntimeConfig, override: str, result: Plan) -> None:
     caps = _probe(config, override)
     if isinstance(caps, ConfigError):
         raise caps
-    require(caps, qemu_needs(result, emulated=False))
+    require(caps, qemu_needs(result))
 
 
 def _default_cdi() -> list[str]:

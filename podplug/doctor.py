@@ -13,26 +13,29 @@ severity, one line of explanation and the fix. Checks:
 * the QEMU binary (the configuration's ``path`` or ``--qemu``): it exists, and has every
   feature the plan renders (probed, never inferred from its version);
 * with the host: IOMMU groups exist, every function of each requested group is bound to
-  ``vfio-pci`` (a group is viable only when no function is held by a host driver), and the
-  hot-plug windows the plan reserves cover the devices' BARs.
+  ``vfio-pci`` (a group is viable only when no function is held by a host driver), and
+  every hot-pluggable port, by its kind, has windows for what can land there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
 from podplug.errors import ConfigError, PlanError
 from podplug.inputs.kata import RuntimeConfig
 from podplug.matrix.kata_models import KataEra, KataOutcome, select_devices
-from podplug.model.enums import Bucket, HotplugMode, NodeType
-from podplug.model.host import HostInventory
+from podplug.model.enums import Bucket, HotplugMode, NodeType, PortKind
+from podplug.model.host import HostInventory, PciFunction
 from podplug.model.qemu import QemuCapabilities, QemuFeature
 from podplug.model.request import ContainerDevice, ContainerRequest
 from podplug.plan.model import Plan
 from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan as make_plan
 from podplug.plan.route import is_vfio_path, resolve_vfio
+from podplug.plan.topology import Controller, Role, Use
+from podplug.plan.windows import Window, assignable_units, shortfall, size_text, unit_window
 
 VIABLE_DRIVERS = (None, "vfio-pci", "pci-stub")
 
@@ -148,7 +151,7 @@ def qemu_findings(qemu: QemuCapabilities | ConfigError,
                         "install QEMU there, or point path (or --qemu) at it")]
     findings = [Finding(Severity.OK, "qemu", f"{qemu.binary}: QEMU {qemu.version_text}")]
     if result is not None:
-        missing = qemu.lacks(qemu_needs(result, emulated=False))
+        missing = qemu.lacks(qemu_needs(result))
         if missing:
             findings.append(Finding(
                 Severity.ERROR, "qemu",
@@ -191,48 +194,74 @@ def host_findings(request: ContainerRequest | None, inventory: HostInventory,
     return findings
 
 
-def _parse_size(text: str) -> int:
-    units = {"K": 10, "M": 20, "G": 30}
-    return int(text[:-1]) << units[text[-1]] if text[-1] in units else int(text)
+_KIND = {Role.ROOT_PORT: "root port", Role.SWITCH_DOWNSTREAM: "switch downstream port",
+         Role.PCI_BRIDGE: "pci-bridge"}
+GUEST_ADDRESS_LIMIT = 1008 << 30  # the largest 64-bit hole QEMU starts with at 40 phys-bits
+RESERVED_BAR_LIMIT = 512 << 30  # SeaBIOS put a 512 GiB BAR over the reserved 0xfd00000000
+
+
+def _window_text(window: Window) -> str:
+    how = "kept by a boot-time device" if window.aligned else "reserved"
+    return f"mem {size_text(window.mem)}, pref64 {size_text(window.pref64)} ({how})"
 
 
 def _bar_findings(result: Plan, inventory: HostInventory) -> list[Finding]:
-    """Hot-plug ports must reserve windows covering the BARs of the device planned there
-    (firmware sizes windows only for devices present at boot)."""
+    """Every hot-pluggable port, by its kind, must have windows for what can land there:
+    the unit planned on it, or (a spare, when VFIO is hot-plugged) the host's largest
+    assignable unit (firmware sizes windows only for devices present at boot;
+    :mod:`podplug.plan.windows`)."""
     findings = []
-    ports = {c.id: dict(c.reserves) for c in result.topology.controllers}
-    pref_total = 0
-    for device in result.devices:
-        by_port: dict[str, tuple[int, int]] = {}
+    ports = {c.id: c for c in result.topology.controllers}
+    for device in result.in_bucket(Bucket.HOT_VFIO):
+        units: dict[str, list[PciFunction]] = {}
         for function in device.functions:
             host = inventory.functions.get(function.host)
-            bars = host.bars if host else ()
-            mem = sum(b.size for b in bars if not b.is_io and not b.prefetchable)
-            pref = sum(b.size for b in bars if b.prefetchable)
-            pref_total += pref
-            old = by_port.get(function.qemu.bus, (0, 0))
-            by_port[function.qemu.bus] = (old[0] + mem, old[1] + pref)
-        if device.bucket is not Bucket.HOT_VFIO:
-            continue
-        for port, (mem, pref) in by_port.items():
-            reserves = ports.get(port, {})
-            for key, need in (("mem-reserve", mem), ("pref64-reserve", pref)):
-                have = _parse_size(reserves[key]) if key in reserves else 0
-                if need and have < need and port.startswith("rp"):
-                    findings.append(Finding(Severity.ERROR, "bars",
-                                            f"{port} {key}={reserves.get(key, 'unset')} < "
-                                            f"{need >> 20} MiB of BARs of {device.request.path}",
-                                            "plan with podplug (it sizes the windows)"))
-                elif need and port.startswith("rp"):
-                    findings.append(Finding(Severity.OK, "bars",
-                                            f"{port} {key}={reserves[key]} covers "
-                                            f"{need >> 20} MiB of BARs of {device.request.path}"))
-    if pref_total > (512 << 30):
+            if host is not None:
+                units.setdefault(function.qemu.bus, []).append(host)
+        for bus, functions in units.items():
+            port = ports.get(bus)
+            if port is None:
+                continue
+            findings.append(_fit_finding(port, functions, device.request.path, Severity.ERROR))
+    if result.config.hypervisor.hot_plug_vfio is not PortKind.NO_PORT:
+        largest = max(assignable_units(inventory),
+                      key=lambda u: (unit_window(u).pref64, unit_window(u).mem), default=())
+        for port in result.topology.controllers:
+            if port.use is Use.SPARE and largest:
+                findings.append(_fit_finding(port, largest, "the host's largest assignable "
+                                             "device", Severity.WARNING))
+    bars = [b for f in inventory.functions.values() for b in f.bars
+            if f.driver == "vfio-pci" and b.prefetchable]
+    if any(b.size >= RESERVED_BAR_LIMIT for b in bars):
+        findings.append(Finding(Severity.WARNING, "bars", "a prefetchable BAR of 512 GiB or "
+                                "more: SeaBIOS placed one over the guest's reserved range at "
+                                "0xfd00000000 and the guest driver did not bind (measured)",
+                                "give the guest more physical address bits (phys-bits) and "
+                                "firmware that places it higher"))
+    total = sum(c.window.pref64 for c in result.topology.controllers)
+    if total > GUEST_ADDRESS_LIMIT:
         findings.append(Finding(Severity.WARNING, "bars",
-                                f"{pref_total >> 30} GiB of prefetchable BARs to map",
-                                "give the guest enough physical address bits (phys-bits) and "
-                                "boot it with pci=realloc"))
+                                f"{size_text(total)} of prefetchable windows planned, more "
+                                "than a 40-bit guest address space holds (1008G)",
+                                "give the guest more physical address bits (phys-bits)"))
     return findings
+
+
+def _fit_finding(port: Controller, functions: Sequence[PciFunction], what: str,
+                 severity: Severity) -> Finding:
+    kind = _KIND.get(port.role, port.role.value)
+    need = unit_window(functions)
+    lack = shortfall(port.window, functions)
+    if lack.empty:
+        return Finding(Severity.OK, "bars", f"{port.id} ({kind}): {_window_text(port.window)} "
+                       f"fits {what} (needs mem {size_text(need.mem)}, pref64 "
+                       f"{size_text(need.pref64)})")
+    fix = ("use a root port: a switch downstream port has no reserve properties"
+           if port.role is Role.SWITCH_DOWNSTREAM and lack.mem else
+           "plan with podplug (it sizes every hot-plug window)")
+    return Finding(severity, "bars", f"{port.id} ({kind}): {_window_text(port.window)} "
+                   f"lacks mem {size_text(lack.mem)}, pref64 {size_text(lack.pref64)} for "
+                   f"{what}", fix)
 
 
 def diagnose(config: RuntimeConfig | ConfigError, *, request: ContainerRequest | None = None,

@@ -83,11 +83,30 @@ def test_no_iommu_with_vfio_requested_is_an_error() -> None:
 
 
 def test_hot_port_windows_cover_the_bars() -> None:
-    findings = diagnose(config("vfio", hot="root-port"), request=request(vfio_group(12)),
-                        inventory=inventory(1, 2))
+    findings = diagnose(config("vfio", hot="root-port", root_ports=2),
+                        request=request(vfio_group(12)), inventory=inventory(1, 2))
     bars = [f for f in findings if f.check == "bars"]
-    assert any("pref64-reserve=64G covers 65536 MiB" in f.message for f in bars), bars
+    assert any(f.message.startswith("rp0 (root port): mem 33M, pref64 128G (reserved) fits "
+                                    "/dev/vfio/12 (needs mem 33M, pref64 128G)")
+               for f in bars), bars
+    # the spare root port is checked by its kind, against the host's largest device
+    assert any(f.message.startswith("rp1 (root port)") and "largest assignable" in f.message
+               for f in bars), bars
     assert all(f.severity is Severity.OK for f in bars)
+
+
+def test_switch_ports_are_checked_by_kind_not_name() -> None:
+    """A hot switch-port GPU: its downstream port's prefetchable window is kept by a
+    boot-time device and fits, but the 16 MiB BAR0 needs a non-prefetchable window a
+    downstream port cannot have."""
+    findings = diagnose(config("vfio", hot="switch-port", switch_ports=2),
+                        request=request(vfio_group(12)), inventory=inventory(1, 2))
+    bars = {f.message.split(" ")[0]: f for f in findings if f.check == "bars"}
+    gpu, spare = bars["swdp0"], bars["swdp1"]
+    assert gpu.severity is Severity.ERROR and "(switch downstream port)" in gpu.message
+    assert "kept by a boot-time device" in gpu.message and "lacks mem 31M, pref64 0" in \
+        gpu.message and "use a root port" in gpu.fix
+    assert spare.severity is Severity.WARNING
 
 
 def test_guest_kernel_mirror_flagged_until_3_32() -> None:

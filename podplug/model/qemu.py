@@ -17,7 +17,8 @@ class QemuFeature(Enum):
 
     Each is probed by a type or a property (:data:`podplug.vm.probe.FEATURE_PROBES`):
     ``-object iommufd`` and ``vfio-pci,iommufd=`` arrived in QEMU 9.0; ``pref64-reserve`` on
-    ``pcie-root-port`` in 3.0; nvme's persistent memory region (``pmrdev``) in 5.1.
+    ``pcie-root-port`` in 3.0; nvme's persistent memory region (``pmrdev``) in 5.1; a memory
+    backend without reserved RAM (``reserve=off``) in 6.1.
     """
 
     IOMMUFD_OBJECT = "-object iommufd"
@@ -25,6 +26,7 @@ class QemuFeature(Enum):
     PREF64_RESERVE = "pref64-reserve="  # on pcie-root-port and pci-bridge
     MEM_RESERVE = "mem-reserve="
     NVME_PMR = "nvme,pmrdev="
+    MEMORY_NORESERVE = "memory-backend-ram,reserve="
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,26 @@ PropValue = str | int | bool
 
 
 @dataclass(frozen=True)
+class QemuObject:
+    """A QOM object a device needs, made before it and deleted after it: ``-object
+    qom_type,id=...`` on the command line, QMP ``object-add`` / ``object-del`` when hot."""
+
+    qom_type: str  # "iommufd", "memory-backend-ram"
+    id: str
+    props: tuple[tuple[str, PropValue], ...] = ()
+
+    def arguments(self) -> dict[str, object]:
+        return {"qom-type": self.qom_type, "id": self.id, **dict(self.props)}
+
+
+@dataclass(frozen=True)
 class QemuDevice:
     """ONE property map per device: rendered both as ``-device driver,k=v`` and as the
     arguments of QMP ``device_add`` (rule: one source for cold and hot plug)."""
 
     driver: str
     props: tuple[tuple[str, PropValue], ...]  # ordered; includes id, bus, addr
+    objects: tuple[QemuObject, ...] = ()  # QOM objects the props name (iommufd, pmrdev)
 
     @property
     def id(self) -> str:
@@ -130,7 +144,6 @@ class Plan:
     topology: Topology
     devices: tuple[DevicePlan, ...]  # one per request, in request order
     guest_iommu: bool  # vfio mode with VFIO devices: the guest needs a virtual IOMMU
-    iommufd_objects: tuple[str, ...] = ()
     hotplug: HotplugMode = HotplugMode.ACPI
 
     def in_bucket(self, bucket: Bucket) -> tuple[DevicePlan, ...]:

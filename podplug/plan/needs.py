@@ -1,33 +1,53 @@
 """What a plan asks of the QEMU binary that runs it (pure).
 
-Read off what the renderers emit, so a plan is refused before boot, naming the feature,
-rather than by QEMU halfway through (DESIGN §5: probe the binary, never assume a version):
-
-* iommufd cdevs (``/dev/vfio/devices/vfioN``): ``-object iommufd`` and ``vfio-pci,iommufd=``
-  (QEMU 9.0+), on the command line or in QMP ``object-add``/``device_add``; not when the
-  functions are emulated stand-ins, which drop the iommufd link;
-* a controller with ``pref64-reserve`` / ``mem-reserve`` (the hot-plug windows);
-* nvme's persistent memory region, when a stand-in carries a large prefetchable BAR.
+Read off the devices and objects the run will create (the topology's controllers, the window
+keepers, the VFIO functions as they will be plugged, real or stand-in), so a plan is refused
+before boot, naming the feature, rather than by QEMU halfway through (DESIGN §5: probe the
+binary, never assume a version). Each feature is one (device or object type, property)
+pair, the same pair :mod:`podplug.vm.probe` asks the binary about.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from podplug.model.qemu import QemuFeature
-from podplug.plan.model import Plan
+from podplug.plan.model import Plan, QemuDevice
+from podplug.plan.presentation import controller_device, keeper_devices
 
-_RESERVES = {"pref64-reserve": QemuFeature.PREF64_RESERVE,
-             "mem-reserve": QemuFeature.MEM_RESERVE}
+#: (device driver, property) -> the feature a device using that property needs
+DEVICE_FEATURES: dict[tuple[str, str], QemuFeature] = {
+    ("vfio-pci", "iommufd"): QemuFeature.VFIO_IOMMUFD,
+    ("pcie-root-port", "pref64-reserve"): QemuFeature.PREF64_RESERVE,
+    ("pcie-root-port", "mem-reserve"): QemuFeature.MEM_RESERVE,
+    ("pci-bridge", "pref64-reserve"): QemuFeature.PREF64_RESERVE,
+    ("pci-bridge", "mem-reserve"): QemuFeature.MEM_RESERVE,
+    ("nvme", "pmrdev"): QemuFeature.NVME_PMR,
+}
+#: (object type, property or None for the type itself) -> feature
+OBJECT_FEATURES: dict[tuple[str, str | None], QemuFeature] = {
+    ("iommufd", None): QemuFeature.IOMMUFD_OBJECT,
+    ("memory-backend-ram", "reserve"): QemuFeature.MEMORY_NORESERVE,
+}
 
 
-def qemu_needs(plan: Plan, *, emulated: bool,
-               standin_features: frozenset[QemuFeature] = frozenset()) -> frozenset[QemuFeature]:
-    """The QEMU features ``plan`` renders; ``standin_features`` are those of the emulated
-    stand-ins, when ``emulated``."""
+def device_needs(devices: Iterable[QemuDevice]) -> frozenset[QemuFeature]:
+    """The features these devices and the objects they name use."""
     needs: set[QemuFeature] = set()
-    if plan.iommufd_objects and not emulated:
-        needs |= {QemuFeature.IOMMUFD_OBJECT, QemuFeature.VFIO_IOMMUFD}
-    for controller in plan.topology.controllers:
-        needs |= {_RESERVES[key] for key, _ in controller.reserves if key in _RESERVES}
-    if emulated and any(d.functions for d in plan.devices):
-        needs |= standin_features
+    for device in devices:
+        needs |= {f for (driver, prop), f in DEVICE_FEATURES.items()
+                  if driver == device.driver and prop in dict(device.props)}
+        for obj in device.objects:
+            needs |= {f for (kind, prop), f in OBJECT_FEATURES.items()
+                      if kind == obj.qom_type and (prop is None or prop in dict(obj.props))}
     return frozenset(needs)
+
+
+def qemu_needs(plan: Plan, *,
+               device: Callable[[QemuDevice], QemuDevice] = lambda q: q) -> frozenset[QemuFeature]:
+    """The QEMU features ``plan`` renders, its VFIO functions mapped by ``device`` (the
+    emulated stand-ins) as they will be plugged."""
+    created = [controller_device(c) for c in plan.topology.controllers]
+    created += keeper_devices(plan.topology.controllers)
+    created += [device(q) for d in plan.devices for q in d.qemu_devices]
+    return device_needs(created)

@@ -51,23 +51,25 @@ from podplug.plan.presentation import (
 )
 from podplug.plan.route import Routed, route
 from podplug.plan.topology import (
+    Controller,
     Demand,
-    PortHint,
     Target,
     build_flat_topology,
     build_topology,
 )
 from podplug.plan.units import PlugUnit, plug_units
+from podplug.plan.windows import (
+    DEFAULT_SPARE_WINDOW,
+    Window,
+    keeper_size,
+    shortfall,
+    size_text,
+    spare_keeper_size,
+    spare_window,
+    unit_window,
+)
 
 PLANNED_MACHINES = ("q35",)
-
-
-def _hint(unit: PlugUnit) -> PortHint:
-    bars = [bar for f in unit.functions for bar in f.bars if not bar.is_io]
-    return PortHint(
-        mem=sum(b.size for b in bars if not b.prefetchable),
-        pref64=sum(b.size for b in bars if b.prefetchable),
-    )
 
 
 def _check_platform(config: RuntimeConfig) -> None:
@@ -100,13 +102,14 @@ def _reject_repeats(routed: tuple[Routed, ...]) -> tuple[Routed, ...]:
 
 def plan(
     config: RuntimeConfig, request: ContainerRequest, inventory: HostInventory,
-    *, hotplug: HotplugMode = HotplugMode.ACPI,
+    *, hotplug: HotplugMode = HotplugMode.ACPI, spare_floor: Window = DEFAULT_SPARE_WINDOW,
 ) -> Plan:
     """Plan where every device of ``request`` goes.
 
     ``hotplug`` matters for placement: with native PCIe hot-plug a ``pci-bridge`` slot
     cannot take a hot-plugged device, so volumes get root ports of their own and
-    ``hot_plug_vfio = "bridge-port"`` is rejected.
+    ``hot_plug_vfio = "bridge-port"`` is rejected. ``spare_floor`` is the least window a
+    spare port gets when VFIO is hot-plugged (:mod:`.windows`).
 
     :raises UnsupportedPlatform: for hypervisors or machine types other than QEMU q35.
     :raises TopologyExhausted: when a topology budget is exceeded.
@@ -132,6 +135,7 @@ def plan(
     blk_on_bridges = (virtio_blk and hv.default_bridges > 0 and hotplug is HotplugMode.ACPI
                       and not flat)
     hot = hv.hot_plug_vfio is not PortKind.NO_PORT
+    bridge_functions = [f for _, u in on_bridges for f in u.functions]
     demand = Demand(
         vfio_port_units=len(on_ports),
         vfio_on_switch=port is PortKind.SWITCH_PORT,
@@ -142,7 +146,11 @@ def plan(
         switch_ports=hv.pcie_switch_port,
         bridges=hv.default_bridges,
         scsi_controller=not virtio_blk,
-        vfio_hints=tuple(_hint(u) for _, u in on_ports) if hot else (),
+        vfio_windows=tuple(unit_window(u.functions) for _, u in on_ports) if hot else (),
+        vfio_keepers=tuple(keeper_size(u.functions) for _, u in on_ports) if hot else (),
+        bridge_window=unit_window(bridge_functions) if hot else Window(),
+        spare_window=spare_window(inventory, spare_floor) if hot else Window(),
+        spare_keeper=spare_keeper_size(inventory, spare_floor) if hot else 0,
     )
     topology = (build_flat_topology(len(on_ports), len(blocks)) if flat
                 else build_topology(demand))
@@ -157,12 +165,13 @@ def plan(
     block_targets = iter(bridge_targets if blk_on_bridges else topology.block_port_targets)
 
     iommufd_objects: list[str] = []
+    ports = {c.id: c for c in topology.controllers}
     planned: list[DevicePlan] = []
     block_index = 0
     for index, item in enumerate(routed):
         if index in units:
             planned.append(_vfio_plan(item, units[index], index, unit_targets, config,
-                                      request.is_sandbox, iommufd_objects))
+                                      request.is_sandbox, iommufd_objects, ports))
         elif item.bucket is Bucket.HOT_BLOCK:
             planned.append(_block_plan(item, block_index, virtio_blk, block_targets))
             block_index += 1
@@ -175,7 +184,6 @@ def plan(
         topology=topology,
         devices=tuple(planned),
         guest_iommu=has_vfio and config.vfio_mode is VfioMode.VFIO,
-        iommufd_objects=tuple(iommufd_objects),
         hotplug=hotplug,
     )
 
@@ -183,7 +191,7 @@ def plan(
 def _vfio_plan(
     item: Routed, units: tuple[PlugUnit, ...], index: int,
     targets: dict[tuple[int, int], Target], config: RuntimeConfig, sandbox: bool,
-    iommufd_objects: list[str],
+    iommufd_objects: list[str], ports: dict[str, Controller],
 ) -> DevicePlan:
     assert item.vfio is not None
     source = item.vfio
@@ -198,6 +206,17 @@ def _vfio_plan(
         target = targets[(index, id(unit))]
         functions += vfio_functions(unit, target, source, iommufd)
         paths.append(target.path)
+        if item.bucket is Bucket.HOT_VFIO and target.bus in ports:
+            lack = shortfall(ports[target.bus].window, unit.functions)
+            if lack.mem:
+                notes.append(
+                    f"{unit.functions[0].bdf}: its non-prefetchable BARs need "
+                    f"{size_text(lack.mem)} more window than {target.bus} has: a switch "
+                    "downstream port gets SeaBIOS's 2M unless a device is there at boot, "
+                    "so the hot-plug will leave a BAR unassigned (use root-port)")
+            if lack.pref64:
+                notes.append(f"{unit.functions[0].bdf}: its prefetchable BARs need "
+                             f"{size_text(lack.pref64)} more window than {target.bus} has")
         if unit.is_pcie and target.bus.startswith("pci-bridge"):
             notes.append(f"{unit.functions[0].bdf}: PCIe function behind a PCI bridge loses "
                          "its extended config space (docs/pcie.txt)")

@@ -23,9 +23,11 @@ device where the guest cannot see it (research ``qemu-recipe.md`` pitfall 2).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from podplug.model.enums import AgentDeviceType, VfioKind, VfioMode
 from podplug.model.host import PciFunction
-from podplug.plan.model import AgentDevice, PlannedFunction, QemuDevice
+from podplug.plan.model import AgentDevice, PlannedFunction, QemuDevice, QemuObject
 from podplug.plan.route import VfioSource
 from podplug.plan.topology import Controller, Role, Target
 from podplug.plan.units import PlugUnit
@@ -44,6 +46,8 @@ def vfio_functions(
 ) -> tuple[PlannedFunction, ...]:
     """The ``vfio-pci`` devices of one plug unit placed at ``target``."""
     planned = []
+    objects = (QemuObject("iommufd", iommufd_object),) \
+        if source.kind is VfioKind.IOMMUFD and iommufd_object is not None else ()
     for guest_function, function in enumerate(unit.functions):
         props: list[tuple[str, str | int | bool]] = [
             ("id", qemu_id("vfio", function)),
@@ -56,7 +60,7 @@ def vfio_functions(
         if source.kind is VfioKind.IOMMUFD and iommufd_object is not None:
             props.append(("iommufd", iommufd_object))
         planned.append(PlannedFunction(function.bdf, guest_function,
-                                       QemuDevice("vfio-pci", tuple(props)),
+                                       QemuDevice("vfio-pci", tuple(props), objects),
                                        target.path.at_function(guest_function),
                                        function.vendor, function.device, function.class_code))
     return tuple(planned)
@@ -116,3 +120,21 @@ def controller_device(controller: Controller) -> QemuDevice:
         props += [("chassis", controller.chassis), ("slot", controller.slot or 0)]
     props += list(controller.reserves)
     return QemuDevice(controller.role.value, tuple(props))
+
+
+def keeper_device(controller: Controller) -> QemuDevice:
+    """The window keeper of a switch downstream port (:mod:`.windows`): an emulated nvme
+    whose persistent memory region (BAR4, 64-bit prefetchable) makes firmware size the
+    port's window; its memory is never touched (``reserve=off``: no RAM is set aside)."""
+    ident = f"keep-{controller.id}"
+    backend = QemuObject("memory-backend-ram", f"{ident}-pmr",
+                         (("size", controller.keeper), ("reserve", False)))
+    return QemuDevice("nvme", (
+        ("id", ident), ("bus", controller.id), ("addr", "00.0"),
+        ("serial", ident), ("pmrdev", backend.id),
+    ), (backend,))
+
+
+def keeper_devices(controllers: Iterable[Controller]) -> tuple[QemuDevice, ...]:
+    """The window keepers of a topology, in controller order."""
+    return tuple(keeper_device(c) for c in controllers if c.keeper)

@@ -6,8 +6,13 @@ Pure: it decides, :mod:`podplug.vm.hotplug` carries the steps out. Rules:
   function 0 last (QEMU announces the slot when function 0 arrives; anchors §1.5).
 * Every ``device_add`` on a PCI bus names the guest PCI path the plan predicts, so the shell
   can read the real one back (QOM ``addr``/``parent_bus``) and refuse a mismatch.
+* A QOM object a device needs (an iommufd, a memory backend) is ``object-add``-ed just
+  before the first device naming it and ``object-del``-ed after the last one is gone.
 * Unplug is the reverse: ``device_del`` of function 0 ejects the whole slot (each function
-  reports its own ``DEVICE_DELETED``), then ``blockdev-del``.
+  reports its own ``DEVICE_DELETED``), then ``blockdev-del``, then the objects.
+* Before anything is hot-plugged, the window keepers leave (``device_del``, then the
+  memory backend): their ports keep the windows firmware sized for them
+  (:mod:`podplug.plan.windows`).
 * Rollback of a failed batch undoes exactly the steps that succeeded, newest first, so no
   device is left half-plugged and no ``blockdev`` node leaks (DESIGN rule 7).
 * A loop device may be replaced by its backing file as the drive (``file`` driver instead of
@@ -17,7 +22,7 @@ Pure: it decides, :mod:`podplug.vm.hotplug` carries the steps out. Rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -25,6 +30,7 @@ from podplug.model.enums import Bucket
 from podplug.model.host import HostInventory
 from podplug.model.pci import GuestPciPath
 from podplug.plan.model import BlockdevNode, DevicePlan, Plan, QemuDevice
+from podplug.plan.presentation import keeper_devices
 
 
 class StepKind(Enum):
@@ -75,8 +81,8 @@ def plug_steps(
     drive: Callable[[BlockdevNode], BlockdevNode] = lambda n: n,
 ) -> tuple[Step, ...]:
     """The steps that plug ``devices``; ``device``/``drive`` map what is plugged (stand-ins,
-    backing files) without changing where. An iommufd object a mapped device still names is
-    created just before it (``object-add``)."""
+    backing files) without changing where. The objects a mapped device names are created
+    just before it (``object-add``)."""
     steps: list[Step] = []
     objects: set[str] = set()
     for planned in devices:
@@ -89,11 +95,10 @@ def plug_steps(
             expect = paths.get(qemu.id) or (planned.guest_paths[0] if planned.guest_paths
                                             else None)
             plugged = device(qemu)
-            name = dict(plugged.props).get("iommufd")
-            if name is not None and str(name) not in objects:
-                objects.add(str(name))
-                steps.append(Step(StepKind.OBJECT_ADD, str(name), path,
-                                  {"qom-type": "iommufd", "id": str(name)}))
+            for obj in plugged.objects:
+                if obj.id not in objects:
+                    objects.add(obj.id)
+                    steps.append(Step(StepKind.OBJECT_ADD, obj.id, path, obj.arguments()))
             steps.append(_device_add(plugged, expect, path))
     return tuple(steps)
 
@@ -114,9 +119,13 @@ def undo(done: Sequence[Step]) -> tuple[Step, ...]:
     return tuple(steps)
 
 
-def unplug_steps(devices: Sequence[DevicePlan]) -> tuple[Step, ...]:
+def unplug_steps(
+    devices: Sequence[DevicePlan],
+    *,
+    device: Callable[[QemuDevice], QemuDevice] = lambda q: q,
+) -> tuple[Step, ...]:
     """Teardown of ``devices``, last plugged first: one ``device_del`` per slot (function
-    0), then the block node."""
+    0), then the block node, then the objects the (mapped) devices named."""
     steps: list[Step] = []
     for planned in reversed(devices):
         path = planned.request.path
@@ -130,7 +139,21 @@ def unplug_steps(devices: Sequence[DevicePlan]) -> tuple[Step, ...]:
         if planned.blockdev is not None:
             name = planned.blockdev.node_name
             steps.append(Step(StepKind.BLOCKDEV_DEL, name, path, {"node-name": name}))
-        for name in sorted({str(dict(q.props)["iommufd"]) for q in planned.qemu_devices
-                            if "iommufd" in dict(q.props)}):
-            steps.append(Step(StepKind.OBJECT_DEL, name, path, {"id": name}))
+        steps += _object_dels((device(q) for q in planned.qemu_devices), path)
     return tuple(steps)
+
+
+def release_steps(plan: Plan) -> tuple[Step, ...]:
+    """The window keepers leave, once the guest is up and before any hot-plug."""
+    steps: list[Step] = []
+    for keeper in keeper_devices(plan.topology.controllers):
+        steps.append(Step(StepKind.DEVICE_DEL, keeper.id, keeper.bus, {"id": keeper.id}))
+        steps += _object_dels((keeper,), keeper.bus)
+    return tuple(steps)
+
+
+def _object_dels(devices: Iterable[QemuDevice], path: str) -> list[Step]:
+    seen: dict[str, None] = {}
+    for qemu in devices:
+        seen.update((obj.id, None) for obj in qemu.objects)
+    return [Step(StepKind.OBJECT_DEL, name, path, {"id": name}) for name in seen]

@@ -20,11 +20,13 @@ Rules (QEMU ``docs/pcie.txt``; research ``anchors.md`` §1):
 * (chassis, slot) is unique across PCIe ports (QEMU refuses duplicates); ``pci-bridge``
   ``chassis_nr`` values are unique too and drawn from the same counter.
 * Root ports get ``io-reserve=0``: podplug's PCIe devices need no IO window, and without it
-  each port costs 4 KiB of the 64 KiB IO space (the origin of Kata's 16-port cap). A port
-  waiting for a hot-plugged VFIO device gets ``mem-reserve`` / ``pref64-reserve`` sized from
-  that device's host BARs, since firmware cannot size a window for a device not yet there.
-  Bridges keep Kata's ``io-reserve=4k,mem-reserve=1m,pref64-reserve=1m`` and ``shpc=off``
-  (never SHPC: Kata #2174).
+  each port costs 4 KiB of the 64 KiB IO space (the origin of Kata's 16-port cap).
+* Every port that can take a hot-plugged device gets its memory windows at boot, sized in
+  :mod:`.windows`: a root port by ``mem-reserve`` / ``pref64-reserve``, a switch downstream
+  port (which has no reserve properties) by a *window keeper* device that firmware sizes
+  and podplug unplugs once the guest is up (:attr:`Controller.keeper`). Bridges keep Kata's
+  ``io-reserve=4k,mem-reserve=1m,pref64-reserve=1m`` (raised for hot VFIO units placed on
+  them) and ``shpc=off`` (never SHPC: Kata #2174).
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ from enum import Enum
 
 from podplug.errors import TopologyExhausted
 from podplug.model.pci import GuestPciPath
+from podplug.plan.windows import (
+    DOWNSTREAM_MEM,
+    FIRMWARE_WINDOW,
+    NO_WINDOW,
+    Window,
+    size_text,
+)
 
 ROOT_BUS = "pcie.0"
 HOST_BRIDGE_SLOT = 0x00
@@ -81,6 +90,8 @@ class Controller:
     chassis: int | None = None
     slot: int | None = None  # physical slot number (PCIe slot capability)
     reserves: tuple[tuple[str, str], ...] = ()
+    keeper: int = 0  # a downstream port's window keeper: its PMR size (0: none)
+    window: Window = FIRMWARE_WINDOW  # the windows a device hot-plugged here finds
 
     @property
     def takes_bus_number(self) -> bool:
@@ -97,14 +108,6 @@ class Target:
 
 
 @dataclass(frozen=True)
-class PortHint:
-    """Window sizes a hot-plug port must reserve for the device planned on it."""
-
-    mem: int = 0
-    pref64: int = 0
-
-
-@dataclass(frozen=True)
 class Demand:
     """What the devices and configuration ask of the topology."""
 
@@ -117,7 +120,11 @@ class Demand:
     switch_ports: int = 0  # configured pcie_switch_port
     bridges: int = 0  # configured default_bridges
     scsi_controller: bool = False
-    vfio_hints: tuple[PortHint, ...] = ()  # per VFIO unit, for hot-plug ports
+    vfio_windows: tuple[Window, ...] = ()  # per VFIO unit on a port, when hot-plugged
+    vfio_keepers: tuple[int, ...] = ()  # per VFIO unit, its keeper size on a downstream port
+    bridge_window: Window = NO_WINDOW  # what hot VFIO units on bridge slots need together
+    spare_window: Window = NO_WINDOW  # a spare root port's window (when VFIO is hot-plugged)
+    spare_keeper: int = 0  # a spare downstream port's keeper size (when VFIO is hot-plugged)
 
 
 @dataclass(frozen=True)
@@ -139,26 +146,15 @@ class Topology:
         raise KeyError(id_)
 
 
-def _round_window(size: int) -> int:
-    """A bridge window: a power of two, at least 1 MiB (PCI bridge granularity)."""
-    size = max(size, 1 << 20)
-    return 1 << (size - 1).bit_length()
+KATA_BRIDGE_WINDOW = Window(mem=1 << 20, pref64=1 << 20)
 
 
-def _size(n: int) -> str:
-    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
-        if n % (1 << shift) == 0:
-            return f"{n >> shift}{unit}"
-    return str(n)
-
-
-def _root_port_reserves(hint: PortHint | None) -> tuple[tuple[str, str], ...]:
+def _root_port_reserves(window: Window) -> tuple[tuple[str, str], ...]:
     reserves = [("io-reserve", "0")]
-    if hint is not None:
-        if hint.mem:
-            reserves.append(("mem-reserve", _size(_round_window(hint.mem))))
-        if hint.pref64:
-            reserves.append(("pref64-reserve", _size(_round_window(hint.pref64))))
+    if window.mem:
+        reserves.append(("mem-reserve", size_text(window.mem)))
+    if window.pref64:
+        reserves.append(("pref64-reserve", size_text(window.pref64)))
     return tuple(reserves)
 
 
@@ -187,14 +183,17 @@ class _Layout:
         self.counts[prefix] = index + 1
         return f"{prefix}{index}"
 
-    def bridge(self) -> Controller:
+    def bridge(self, window: Window) -> Controller:
         slot = self._slot()
         index = self.counts.get("pci-bridge-", 0)
         self.counts["pci-bridge-"] = index + 1
+        window = window | KATA_BRIDGE_WINDOW
         controller = Controller(
             f"pci-bridge-{index}", Role.PCI_BRIDGE, Use.BRIDGE, ROOT_BUS, slot,
             GuestPciPath((max(slot, 0),)), chassis=self._chassis(),
-            reserves=(("io-reserve", "4K"), ("mem-reserve", "1M"), ("pref64-reserve", "1M")),
+            reserves=(("io-reserve", "4K"), ("mem-reserve", size_text(window.mem)),
+                      ("pref64-reserve", size_text(window.pref64))),
+            window=window,
         )
         self.controllers.append(controller)
         return controller
@@ -204,28 +203,32 @@ class _Layout:
         self.controllers.append(Controller("scsi0", Role.SCSI_CONTROLLER, Use.SCSI, ROOT_BUS,
                                            slot, GuestPciPath((max(slot, 0),))))
 
-    def root_port(self, use: Use, prefix: str, hint: PortHint | None = None) -> Controller:
+    def root_port(self, use: Use, prefix: str, window: Window = NO_WINDOW) -> Controller:
         slot = self._slot()
         if self.root_chassis is None:
             self.root_chassis = self._chassis()
         controller = Controller(
             self._name(prefix), Role.ROOT_PORT, use, ROOT_BUS, slot,
             GuestPciPath((max(slot, 0),)), chassis=self.root_chassis, slot=self.needed_slots,
-            reserves=_root_port_reserves(hint),
+            reserves=_root_port_reserves(window), window=window | FIRMWARE_WINDOW,
         )
         self.controllers.append(controller)
         return controller
 
-    def switch(self, downstream_uses: list[Use]) -> list[Controller]:
+    def switch(self, downstream: list[tuple[Use, int]]) -> list[Controller]:
+        """A switch with one downstream port per (use, keeper size)."""
         holder = self.root_port(Use.SWITCH, "swrp")
         upstream = Controller(self._name("swup"), Role.SWITCH_UPSTREAM, Use.SWITCH, holder.id,
                               0, holder.path.child(0))
         self.controllers.append(upstream)
         chassis = self._chassis()
         ports = []
-        for index, use in enumerate(downstream_uses):
+        for index, (use, keeper) in enumerate(downstream):
             port = Controller(self._name("swdp"), Role.SWITCH_DOWNSTREAM, use, upstream.id,
-                              index, upstream.path.child(index), chassis=chassis, slot=index)
+                              index, upstream.path.child(index), chassis=chassis, slot=index,
+                              keeper=keeper,
+                              window=Window(DOWNSTREAM_MEM, keeper, aligned=True)
+                              if keeper else FIRMWARE_WINDOW)
             ports.append(port)
             self.controllers.append(port)
         return ports
@@ -265,22 +268,24 @@ def build_topology(demand: Demand) -> Topology:
         raise TopologyExhausted(
             "pci-bridge slots", bridge_needed, MAX_BRIDGES * len(BRIDGE_SLOTS),
             f"at most {MAX_BRIDGES} bridges of {len(BRIDGE_SLOTS)} slots")
-    bridges = [layout.bridge() for _ in range(bridge_count)]
+    bridges = [layout.bridge(demand.bridge_window) for _ in range(bridge_count)]
     if demand.scsi_controller:
         layout.scsi()
 
     vfio_targets: list[Target] = []
     spare: list[Target] = []
-    hints = demand.vfio_hints
+    windows, keepers = demand.vfio_windows, demand.vfio_keepers
     on_root = 0 if demand.vfio_on_switch else demand.vfio_port_units
     for index in range(max(on_root, demand.root_ports)):
         used = index < on_root
-        hint = hints[index] if used and index < len(hints) else None
-        port = layout.root_port(Use.VFIO if used else Use.SPARE, "rp", hint)
+        window = (windows[index] if index < len(windows) else NO_WINDOW) if used \
+            else demand.spare_window
+        port = layout.root_port(Use.VFIO if used else Use.SPARE, "rp", window)
         (vfio_targets if used else spare).append(Target(port.id, 0, port.path.child(0)))
     on_switch = demand.vfio_port_units if demand.vfio_on_switch else 0
     downstream = max(on_switch, demand.switch_ports)
-    uses = [Use.VFIO if i < on_switch else Use.SPARE for i in range(downstream)]
+    uses = [(Use.VFIO, keepers[i] if i < len(keepers) else 0) if i < on_switch
+            else (Use.SPARE, demand.spare_keeper) for i in range(downstream)]
     for start in range(0, downstream, DOWNSTREAM_PER_SWITCH):
         for port in layout.switch(uses[start:start + DOWNSTREAM_PER_SWITCH]):
             target = Target(port.id, 0, port.path.child(0))

@@ -1,9 +1,11 @@
 """The QEMU command line for the boot topology and the cold-plugged devices.
 
 Order: machine, virtual IOMMU (it must precede the PCI devices it translates), topology
-controllers in root-bus order, iommufd objects, then cold-plugged VFIO functions (functions
-1-7 of a slot before function 0 makes no difference on the command line; host order is
-kept). Hot-plugged devices are not here: see :mod:`podplug.render.qmp`.
+controllers in root-bus order, the window keepers of downstream ports (each after its
+memory backend), then the cold-plugged VFIO functions, each after the objects it names
+(iommufd, a stand-in's memory backend); host order is kept (functions 1-7 of a slot before
+function 0 makes no difference on the command line). Hot-plugged devices are not here: see
+:mod:`podplug.render.qmp`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from collections.abc import Callable
 
 from podplug.errors import UnsupportedPlatform
 from podplug.model.enums import Bucket, HotplugMode, Hypervisor
-from podplug.plan.model import Plan, PropValue, QemuDevice
-from podplug.plan.presentation import controller_device
+from podplug.plan.model import Plan, PropValue, QemuDevice, QemuObject
+from podplug.plan.presentation import controller_device, keeper_devices
 
 GUEST_IOMMU = QemuDevice("intel-iommu", (("intremap", "on"), ("caching-mode", "on")))
 
@@ -29,13 +31,18 @@ def device_arg(device: QemuDevice) -> str:
     return ",".join([device.driver, *(f"{k}={_value(v)}" for k, v in device.props)])
 
 
+def object_arg(obj: QemuObject) -> str:
+    """``qom_type,id=...,k=v`` for ``-object``."""
+    return ",".join([obj.qom_type, f"id={obj.id}", *(f"{k}={_value(v)}" for k, v in obj.props)])
+
+
 def render_argv(
     plan: Plan, device: Callable[[QemuDevice], QemuDevice] | None = None
 ) -> list[str]:
     """The planned part of the QEMU command line (no kernel, accel, QMP or agent socket).
 
-    :param device: maps each cold-plugged device before rendering (the emulated stand-in of
-        :mod:`podplug.plan.standin`; iommufd objects are then left out).
+    :param device: maps each cold-plugged device before rendering (the emulated stand-ins of
+        :mod:`podplug.plan.standin`, which name objects of their own).
     """
     if plan.config.hypervisor.kind is not Hypervisor.QEMU:
         raise UnsupportedPlatform("QEMU command line for hypervisor",
@@ -46,11 +53,18 @@ def render_argv(
         argv += ["-device", device_arg(GUEST_IOMMU)]
     for controller in plan.topology.controllers:
         argv += ["-device", device_arg(controller_device(controller))]
-    for name in plan.iommufd_objects if device is None else ():
-        argv += ["-object", f"iommufd,id={name}"]
+    made: set[str] = set()
+    cold = [q for d in plan.in_bucket(Bucket.COLD_VFIO) for q in d.qemu_devices]
+    mapped = [device(q) if device else q for q in cold]
+    for qemu in (*keeper_devices(plan.topology.controllers), *mapped):
+        for obj in qemu.objects:
+            if obj.id not in made:
+                made.add(obj.id)
+                argv += ["-object", object_arg(obj)]
+    for keeper in keeper_devices(plan.topology.controllers):
+        argv += ["-device", device_arg(keeper)]
     if plan.hotplug is HotplugMode.NATIVE:
         argv += ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"]
-    for planned in plan.in_bucket(Bucket.COLD_VFIO):
-        for qemu in planned.qemu_devices:
-            argv += ["-device", device_arg(device(qemu) if device else qemu)]
+    for qemu in mapped:
+        argv += ["-device", device_arg(qemu)]
     return argv

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from podplug.model.enums import Bucket, Hypervisor
 from podplug.plan.model import DevicePlan, Plan, QemuDevice
-from podplug.plan.topology import AGENT_SLOT, CLH_BUS, ROOT_BUS, Controller, Use
+from podplug.plan.topology import AGENT_SLOT, CLH_BUS, ROOT_BUS, Controller, Role, Use
+from podplug.plan.windows import size_text
 
 _ROLE = {
     "pcie-root-port": "root port",
@@ -45,7 +46,15 @@ def _function_path(device: DevicePlan, qemu: QemuDevice) -> str:
 def _controller_label(controller: Controller) -> str:
     plain = controller.use in (Use.SWITCH, Use.BRIDGE, Use.SCSI)
     use = "" if plain else f", {controller.use.value}"
-    return f"{controller.addr:02x}.0 {controller.id} [{_ROLE[controller.role.value]}{use}]"
+    window = controller.window
+    if controller.keeper:
+        extra = f" window kept by keep-{controller.id}: pref64 {size_text(window.pref64)}"
+    elif any(k in ("mem-reserve", "pref64-reserve") for k, _ in controller.reserves) \
+            and controller.role is not Role.PCI_BRIDGE:
+        extra = f" window: mem {size_text(window.mem)} pref64 {size_text(window.pref64)}"
+    else:
+        extra = ""
+    return f"{controller.addr:02x}.0 {controller.id} [{_ROLE[controller.role.value]}{use}]{extra}"
 
 
 def render_tree(plan: Plan) -> str:

@@ -25,11 +25,17 @@ from podplug.guest.agent_client import AgentClient
 from podplug.guest.image import GuestImage, build_image, default_cache_dir
 from podplug.inputs.load import Inputs
 from podplug.model.enums import Bucket, HotplugMode
-from podplug.plan.model import DevicePlan, Plan
+from podplug.plan.model import DevicePlan, Plan, QemuDevice
 from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan as make_plan
-from podplug.plan.sequence import backing_drive, hot_devices, plug_steps, unplug_steps
-from podplug.plan.standin import STANDIN_FEATURES, STANDIN_VENDOR_DEVICE, stand_in
+from podplug.plan.sequence import (
+    backing_drive,
+    hot_devices,
+    plug_steps,
+    release_steps,
+    unplug_steps,
+)
+from podplug.plan.standin import STANDIN_VENDOR_DEVICE, stand_ins
 from podplug.render.argv import render_argv
 from podplug.run.report import DeviceRow, RunReport
 from podplug.run.verify import GuestProver
@@ -57,15 +63,17 @@ class RunOptions:
     progress: Callable[[str], None] = field(default=lambda _: None, compare=False)
 
 
-def guest_argv(plan: Plan, image: GuestImage, sock: Path, *, emulate: bool,
-               memory_mib: int, accel: Accel) -> list[str]:
+def guest_argv(plan: Plan, image: GuestImage, sock: Path, *,
+               device: Callable[[QemuDevice], QemuDevice] | None, memory_mib: int,
+               accel: Accel) -> list[str]:
     """The QEMU arguments after the ones :class:`Vm` adds (pure); the hot-plug mode comes
-    with the plan (:func:`podplug.render.argv.render_argv`)."""
+    with the plan (:func:`podplug.render.argv.render_argv`); ``device`` maps the cold VFIO
+    functions (the emulated stand-ins of :func:`podplug.plan.standin.stand_ins`)."""
     append = image.cmdline + (" intel_iommu=on" if plan.guest_iommu else "")
     argv = [
         "-cpu", "host" if accel is Accel.KVM else "max", "-smp", "1", "-m", str(memory_mib),
         "-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", append,
-        *render_argv(plan, stand_in if emulate else None),
+        *render_argv(plan, device),
         "-device", "virtio-serial-pci,id=vser0,bus=pcie.0,addr=01.0",
         "-chardev", f"socket,id=agentch,path={sock},server=on,wait=off",
         "-device", f"virtserialport,bus=vser0.0,chardev=agentch,name={AGENT_PORT}",
@@ -125,8 +133,9 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
     notes: list[str] = [f"planned for {plan.hotplug.value} hot-plug"]
     if has_vfio and emulate:
         notes.append(f"VFIO EMULATED ({why_emulate}): each VFIO function is an emulated nvme "
-                     f"stand-in ({STANDIN_VENDOR_DEVICE}, serial = host BDF) on its planned "
-                     "port; everything guest-side is real")
+                     f"stand-in ({STANDIN_VENDOR_DEVICE}, serial = host BDF, the host "
+                     "function's two largest prefetchable BARs, not its non-prefetchable "
+                     "ones) on its planned port; everything guest-side is real")
     elif has_vfio:
         notes.append("VFIO: real host devices passed with vfio-pci")
     for note in notes:
@@ -134,7 +143,8 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
     hv = inputs.config.hypervisor
     qemu = resolve_qemu(hv.path, options.qemu, hv.section)
     caps = probe_qemu(qemu, options.cache_dir or default_cache_dir())
-    require(caps, qemu_needs(plan, emulated=emulate, standin_features=STANDIN_FEATURES))
+    mapping = stand_ins(inputs.inventory.functions) if emulate else _same
+    require(caps, qemu_needs(plan, device=mapping))
     clock.say(f"QEMU {caps.version_text}: {qemu}")
     clock.say("guest image: building or loading from cache")
     with clock.phase("image"):
@@ -144,19 +154,24 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
     clock.say(f"accelerator {accel.value} ({why})")
     with tempfile.TemporaryDirectory(prefix="podplug-run-") as tmp:
         sock = Path(tmp) / "agent.sock"
-        argv = guest_argv(plan, image, sock, emulate=emulate,
+        argv = guest_argv(plan, image, sock, device=mapping if emulate else None,
                           memory_mib=options.memory_mib, accel=accel)
         clock.say("booting VM")
         with clock.phase("vm_total"), Vm(argv, accel=accel, qemu_binary=str(qemu),
                                          tmp_parent=tmp) as vm:
-            rows = _run_in_vm(vm, plan, inputs, options, clock, sock, emulate)
+            rows = _run_in_vm(vm, plan, inputs, options, clock, sock, emulate, mapping)
     clock.say("VM stopped, temporary files removed")
     return RunReport(tuple(rows), accel.value, emulate and has_vfio, tuple(notes),
                      clock.timings)
 
 
+def _same(device: QemuDevice) -> QemuDevice:
+    return device
+
+
 def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _Clock,
-               sock: Path, emulate: bool) -> list[DeviceRow]:
+               sock: Path, emulate: bool,
+               mapping: Callable[[QemuDevice], QemuDevice]) -> list[DeviceRow]:
     with contextlib.closing(AgentClient.connect(sock)) as agent:
         with clock.phase("boot"):
             agent.wait_ready(options.boot_timeout)
@@ -165,8 +180,14 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
         for device in plan.in_bucket(Bucket.COLD_VFIO):
             for function in device.functions:
                 actual[function.qemu.id] = str(read_placement(vm.qmp, function.qemu.id).path)
+        release = release_steps(plan)
+        if release:
+            with clock.phase("release"):
+                carry_batch(vm, release)
+            clock.say(f"{len(release) // 2} window keeper(s) unplugged: their ports keep "
+                      "the windows firmware sized")
         hot = hot_devices(plan)
-        steps = plug_steps(hot, device=stand_in if emulate else (lambda q: q),
+        steps = plug_steps(hot, device=mapping,
                            drive=lambda n: backing_drive(n, inputs.inventory))
         clock.say(f"hot-plugging {len(hot)} device(s): {len(steps)} QMP steps")
         with clock.phase("hotplug"):
@@ -195,7 +216,7 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
                 while vm.alive:
                     time.sleep(1.0)
         with clock.phase("unplug"):
-            for step in unplug_steps(hot):
+            for step in unplug_steps(hot, device=mapping):
                 try:
                     carry(vm, step)
                 except PodplugError as exc:

@@ -80,13 +80,16 @@ class GuestProver:
         """Guest BDF -> serial of every emulated stand-in, read once, before any entry is
         resolved: in ``vfio`` mode the entry binds a function to vfio-pci, after which its
         nvme serial can no longer be read. Keyed by what the guest shows, not by the plan.
-        Hot-plugged stand-ins may still be probing: waits (bounded) until each has a driver."""
+        Hot-plugged stand-ins may still be appearing or probing: waits (bounded) until the
+        guest lists as many as the plan has VFIO functions, each with a driver."""
         if self._identities is None:
+            expected = sum(len(d.functions) for d in self.plan.devices)
             deadline = time.monotonic() + WAIT_MS / 1000 * self.slowness
             while True:
                 standins = [d for d in parse_lspci(self._call("lspci"))
                             if d.vendor_device == STANDIN_VENDOR_DEVICE]
-                if all(d.driver for d in standins) or time.monotonic() > deadline:
+                settled = len(standins) >= expected and all(d.driver for d in standins)
+                if settled or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
             self._identities = {

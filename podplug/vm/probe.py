@@ -8,7 +8,8 @@ executable file, and names the key it came from when it is not.
 :func:`probe_qemu` starts the binary once with ``-machine none`` and asks it over QMP:
 ``query-version``; ``qom-list-types`` (is there an ``iommufd`` object type?);
 ``device-list-properties`` of the devices podplug renders (does ``vfio-pci`` take
-``iommufd``, ``pcie-root-port`` take ``pref64-reserve``, ``nvme`` take ``pmrdev``?). About
+``iommufd``, ``pcie-root-port`` take ``pref64-reserve``, ``nvme`` take ``pmrdev``?) and
+``qom-list-properties`` of the objects (``memory-backend-ram`` ``reserve``). About
 0.2 s; the answer is cached under ``<cache>/qemu/`` keyed by the binary's path, inode, size
 and modification time, so a changed binary is probed again.
 """
@@ -36,6 +37,7 @@ FEATURE_PROBES: dict[QemuFeature, tuple[str, str, str | None]] = {
     QemuFeature.PREF64_RESERVE: ("device", "pcie-root-port", "pref64-reserve"),
     QemuFeature.MEM_RESERVE: ("device", "pcie-root-port", "mem-reserve"),
     QemuFeature.NVME_PMR: ("device", "nvme", "pmrdev"),
+    QemuFeature.MEMORY_NORESERVE: ("object", "memory-backend-ram", "reserve"),
 }
 
 
@@ -63,8 +65,12 @@ def resolve_qemu(configured: str, override: str | None, section: str) -> Path:
 
 
 def _cache_key(binary: Path) -> str:
+    """The binary (path, inode, size, mtime) and the questions asked: a new feature to probe
+    makes every cached answer stale."""
     st = binary.stat()
-    text = f"{PROBE_VERSION}\0{binary.resolve()}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+    asked = sorted(f"{f.value}:{q}" for f, q in FEATURE_PROBES.items())
+    text = "\0".join((str(PROBE_VERSION), str(binary.resolve()), str(st.st_ino),
+                      str(st.st_size), str(st.st_mtime_ns), *asked))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -105,8 +111,10 @@ def probe_qemu(binary: Path, cache_dir: Path | None = None) -> QemuCapabilities:
             if isinstance(types, list) else set()
         properties: dict[str, set[str]] = {}
         for what, typename, _ in FEATURE_PROBES.values():
-            if what == "device" and typename in names and typename not in properties:
-                listed = vm.execute("device-list-properties", {"typename": typename})
+            if what != "type" and typename in names and typename not in properties:
+                command = "device-list-properties" if what == "device" else \
+                    "qom-list-properties"
+                listed = vm.execute(command, {"typename": typename})
                 properties[typename] = {p["name"] for p in listed if isinstance(p, dict)} \
                     if isinstance(listed, list) else set()
     if not isinstance(version, dict) or not isinstance(version.get("qemu"), dict):

@@ -18,6 +18,7 @@ from podplug.guest.image import build_image
 from podplug.guest.protocol import parse_lspci
 from podplug.model.enums import AgentDeviceType
 from podplug.plan.plan import plan
+from podplug.plan.standin import stand_ins
 from podplug.run.expect import expectations, vfio_problems
 from podplug.run.session import guest_argv
 from podplug.run.verify import GuestProver
@@ -39,7 +40,7 @@ def test_entries_resolve_by_the_agents_rules(tmp_path: Path) -> None:
     assert old.options == ("0000:41:00.0=03/00", "0000:41:00.1=03/00")
     with tempfile.TemporaryDirectory(prefix="podplug-t-") as tmp:
         sock = Path(tmp) / "agent.sock"
-        argv = guest_argv(p, build_image(), sock, emulate=True, memory_mib=512,
+        argv = guest_argv(p, build_image(), sock, device=stand_ins(host.functions), memory_mib=512,
                           accel=Accel.TCG)
         with Vm(argv, accel=Accel.TCG, tmp_parent=tmp), AgentClient.connect(sock) as agent:
             agent.wait_ready(60.0)

@@ -110,7 +110,15 @@ def test_a_bar_of_the_wrong_size_or_kind_is_reported() -> None:
     problems = _problems(GOOD, small)
     assert any("BAR1 size 0x40000000, expected prefetchable 0x1000000000" in p
                for p in problems)
-    assert any("BAR1 is not prefetchable" in p for p in problems)
+    assert any("BAR1 is not prefetchable, expected prefetchable" in p for p in problems)
+
+
+def test_a_bar_the_guest_cleared_was_not_assigned() -> None:
+    gone = dict(GOOD_BARS)
+    gone["0000:01:00.0"] = GOOD_BARS["0000:01:00.0"][:1]
+    (problem,) = _problems(GOOD, gone)
+    assert "BAR1 (64 GiB prefetchable) not assigned: no window of the port above fits it" \
+        in problem
 
 
 def test_missing_function_and_group() -> None:

@@ -15,7 +15,7 @@ from podplug.guest.agent_client import AgentClient
 from podplug.guest.image import build_image
 from podplug.plan.plan import plan
 from podplug.plan.sequence import StepKind, backing_drive, hot_devices, plug_steps
-from podplug.plan.standin import stand_in
+from podplug.plan.standin import stand_ins
 from podplug.run.session import guest_argv
 from podplug.vm.hotplug import BatchFailed, carry_batch
 from podplug.vm.process import Accel, Vm
@@ -31,14 +31,14 @@ def test_failed_batch_leaves_nothing_plugged(tmp_path: Path) -> None:
     host = replace(host, block_nodes={k: replace(v, loop_backing_file=str(disk))
                                       for k, v in host.block_nodes.items()})
     p = plan(config("vfio", hot="root-port"), request(vfio_group(12), block(0)), host)
-    steps = list(plug_steps(hot_devices(p), device=stand_in,
+    steps = list(plug_steps(hot_devices(p), device=stand_ins(host.functions),
                             drive=lambda n: backing_drive(n, host)))
     last = steps[-1]
     assert last.kind is StepKind.DEVICE_ADD and last.subject == "blk0"
     steps[-1] = replace(last, arguments={**last.arguments, "bus": "no-such-bus"})
     with tempfile.TemporaryDirectory(prefix="podplug-t-") as tmp:
         sock = Path(tmp) / "agent.sock"
-        argv = guest_argv(p, build_image(), sock, emulate=True,
+        argv = guest_argv(p, build_image(), sock, device=stand_ins(host.functions),
                           memory_mib=512, accel=Accel.TCG)
         with Vm(argv, accel=Accel.TCG, tmp_parent=tmp) as vm, AgentClient.connect(sock) as agent:
             agent.wait_ready(60.0)

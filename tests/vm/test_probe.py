@@ -14,6 +14,7 @@ from podplug.errors import ConfigError, QemuLacksFeature
 from podplug.model.qemu import QemuCapabilities, QemuFeature
 from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan
+from podplug.plan.standin import stand_ins
 from podplug.vm.probe import KATA_DEFAULT_QEMU, probe_qemu, require, resolve_qemu
 from tests.support import block, config, inventory, iommufd_dev, request, vfio_group
 
@@ -93,18 +94,22 @@ def _iommufd_plan():  # type: ignore[no-untyped-def]
 
 def test_an_iommufd_plan_needs_iommufd_unless_stand_ins_run_it() -> None:
     p = _iommufd_plan()
-    assert {QemuFeature.IOMMUFD_OBJECT, QemuFeature.VFIO_IOMMUFD} <= qemu_needs(
-        p, emulated=False)
-    assert QemuFeature.IOMMUFD_OBJECT not in qemu_needs(p, emulated=True)
-    hot = plan(config("vfio", hot="root-port"), request(vfio_group(12)), inventory(1, 2))
-    assert QemuFeature.PREF64_RESERVE in qemu_needs(hot, emulated=False)
+    assert {QemuFeature.IOMMUFD_OBJECT, QemuFeature.VFIO_IOMMUFD} <= qemu_needs(p)
+    emulated = qemu_needs(p, device=stand_ins(inventory(0, iommufd=1).functions))
+    assert QemuFeature.IOMMUFD_OBJECT not in emulated
+    host = inventory(1, 2)
+    hot = plan(config("vfio", hot="switch-port"), request(vfio_group(12)), host)
+    assert {QemuFeature.NVME_PMR, QemuFeature.MEMORY_NORESERVE} <= qemu_needs(hot)  # keeper
+    root = plan(config("vfio", hot="root-port"), request(vfio_group(12)), host)
+    assert QemuFeature.PREF64_RESERVE in qemu_needs(root)
+    assert QemuFeature.NVME_PMR in qemu_needs(root, device=stand_ins(host.functions))
 
 
 def test_refusal_names_the_feature_the_binary_and_its_version() -> None:
     qemu72 = QemuCapabilities("/usr/bin/qemu-system-x86_64", (7, 2, 22), "Debian 1:7.2",
                               frozenset({QemuFeature.PREF64_RESERVE, QemuFeature.MEM_RESERVE}))
     with pytest.raises(QemuLacksFeature) as err:
-        require(qemu72, qemu_needs(_iommufd_plan(), emulated=False))
+        require(qemu72, qemu_needs(_iommufd_plan()))
     assert str(err.value).startswith(
         "/usr/bin/qemu-system-x86_64 (QEMU 7.2.22 (Debian 1:7.2)) has no -object iommufd, "
         "vfio-pci,iommufd=, which the plan needs")
@@ -114,7 +119,7 @@ def test_refusal_names_the_feature_the_binary_and_its_version() -> None:
 @pytest.mark.vm
 def test_this_machines_qemu_runs_an_iommufd_plan_only_if_it_has_iommufd(tmp_path: Path) -> None:
     caps = probe_qemu(QEMU, tmp_path)
-    needs = qemu_needs(_iommufd_plan(), emulated=False)
+    needs = qemu_needs(_iommufd_plan())
     if QemuFeature.IOMMUFD_OBJECT in caps.features:  # QEMU 9.0+ (Debian 13)
         require(caps, needs)
     else:  # QEMU 7.2 (Debian 12)
