@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from podplug.inputs.kata import RuntimeConfig
     from podplug.model.qemu import QemuCapabilities
     from podplug.plan.model import Plan
+    from podplug.plan.windows import Window
 
 EXIT_UNUSABLE = 7
 EXIT_DOCTOR_WARNING = 10
@@ -71,7 +72,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     inputs = load_inputs(args.config, args.spec, cdi_dirs=args.cdi_dir or _default_cdi(),
                          sysfs_root=args.sysfs)
     result = plan(inputs.config, inputs.request, inputs.inventory,
-                  hotplug=HotplugMode(args.hotplug))
+                  hotplug=HotplugMode(args.hotplug), spare_floor=args.spare_window)
     if args.qemu:
         _check_qemu(inputs.config, args.qemu, result)
     sys.stdout.write(_render(args.format)(result))
@@ -139,6 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         accel=Accel(args.accel), emulate_vfio=args.emulate_vfio,
         hotplug=HotplugMode(args.hotplug), keep_running=args.keep_running, qemu=args.qemu,
+        spare_window=args.spare_window,
         cache_dir=Path(args.cache) if args.cache else None, progress=progress,
         boot_timeout=args.boot_timeout,
     )
@@ -255,7 +257,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     qemu = _probe(config, args.qemu) if isinstance(config, RuntimeConfig) else None
     findings = diagnose(config, request=request, inventory=inventory, era=era,
                         version=args.kata_version or "", hotplug=HotplugMode(args.hotplug),
-                        qemu=qemu)
+                        qemu=qemu, spare_floor=args.spare_window)
     for f in findings:
         fix = f"  -> {f.fix}" if f.fix and f.severity >= Severity.WARNING else ""
         print(f"{f.severity.name:<7} {f.check:<12} {f.message}{fix}")
@@ -279,6 +281,28 @@ def _probe(config: RuntimeConfig, override: str | None) -> QemuCapabilities | Co
     return probe_qemu(binary, default_cache_dir())
 
 
+def _window(text: str) -> Window:
+    from podplug.plan.windows import parse_window
+
+    try:
+        return parse_window(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _add_planning_options(sub: argparse.ArgumentParser) -> None:
+    """The planning inputs plan, run and doctor share."""
+    from podplug.plan.windows import DEFAULT_SPARE_WINDOW, size_text
+
+    sub.add_argument("--hotplug", choices=HOTPLUG_MODES, default="acpi", help=HOTPLUG_HELP)
+    sub.add_argument("--spare-window", type=_window, default=DEFAULT_SPARE_WINDOW,
+                     metavar="mem=SIZE,pref64=SIZE",
+                     help="the least window a spare port gets when VFIO is hot-plugged "
+                     f"(default mem={size_text(DEFAULT_SPARE_WINDOW.mem)},pref64="
+                     f"{size_text(DEFAULT_SPARE_WINDOW.pref64)}; the host's largest device "
+                     "bound to vfio-pci raises it)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="podplug",
@@ -295,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sysfs", default="/sys", metavar="DIR",
                    help="the directory that stands for /sys (default /sys)")
     p.add_argument("--format", choices=FORMATS, default="tree")
-    p.add_argument("--hotplug", choices=HOTPLUG_MODES, default="acpi", help=HOTPLUG_HELP)
+    _add_planning_options(p)
     p.add_argument("--qemu", metavar="BINARY", help="check the plan against this QEMU "
                    "binary's probed features (a plan it cannot run is refused, exit 4)")
     p.set_defaults(func=cmd_plan)
@@ -310,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto probes KVM with a short boot and falls back to TCG")
     r.add_argument("--emulate-vfio", action=argparse.BooleanOptionalAction, default=None,
                    help="emulated stand-ins for VFIO devices (default: when no host IOMMU)")
-    r.add_argument("--hotplug", choices=HOTPLUG_MODES, default="acpi", help=HOTPLUG_HELP)
+    _add_planning_options(r)
     r.add_argument("--keep-running", action="store_true")
     r.add_argument("--qemu", metavar="BINARY", help=QEMU_HELP)
     r.add_argument("--boot-timeout", type=float, default=60.0, metavar="S",
@@ -343,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--kata-version", metavar="X.Y.Z")
     d.add_argument("--cdi-dir", action="append", metavar="DIR")
     d.add_argument("--sysfs", default="/sys", metavar="DIR")
-    d.add_argument("--hotplug", choices=HOTPLUG_MODES, default="acpi", help=HOTPLUG_HELP)
+    _add_planning_options(d)
     d.add_argument("--qemu", metavar="BINARY", help=QEMU_HELP)
     d.set_defaults(func=cmd_doctor)
 

@@ -35,7 +35,14 @@ from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan as make_plan
 from podplug.plan.route import is_vfio_path, resolve_vfio
 from podplug.plan.topology import Controller, Role, Use
-from podplug.plan.windows import Window, assignable_units, shortfall, size_text, unit_window
+from podplug.plan.windows import (
+    DEFAULT_SPARE_WINDOW,
+    Window,
+    assignable_units,
+    shortfall,
+    size_text,
+    unit_window,
+)
 
 VIABLE_DRIVERS = (None, "vfio-pci", "pci-stub")
 
@@ -126,10 +133,12 @@ def kata_findings(era: KataEra, version: str, config: RuntimeConfig,
 
 
 def plan_findings(config: RuntimeConfig, request: ContainerRequest,
-                  inventory: HostInventory,
-                  hotplug: HotplugMode = HotplugMode.ACPI) -> tuple[list[Finding], Plan | None]:
+                  inventory: HostInventory, hotplug: HotplugMode = HotplugMode.ACPI,
+                  spare_floor: Window = DEFAULT_SPARE_WINDOW,
+                  ) -> tuple[list[Finding], Plan | None]:
     try:
-        result = make_plan(config, request, inventory, hotplug=hotplug)
+        result = make_plan(config, request, inventory, hotplug=hotplug,
+                           spare_floor=spare_floor)
     except PlanError as exc:
         return [Finding(Severity.ERROR, "topology", str(exc),
                         "reduce the devices or change the port kind")], None
@@ -267,7 +276,8 @@ def _fit_finding(port: Controller, functions: Sequence[PciFunction], what: str,
 def diagnose(config: RuntimeConfig | ConfigError, *, request: ContainerRequest | None = None,
              inventory: HostInventory | None = None, era: KataEra | None = None,
              version: str = "", hotplug: HotplugMode = HotplugMode.ACPI,
-             qemu: QemuCapabilities | ConfigError | None = None) -> list[Finding]:
+             qemu: QemuCapabilities | ConfigError | None = None,
+             spare_floor: Window = DEFAULT_SPARE_WINDOW) -> list[Finding]:
     """Every finding for this deployment, in check order."""
     if isinstance(config, ConfigError):
         return [Finding(Severity.ERROR, "config", str(config),
@@ -284,7 +294,7 @@ def diagnose(config: RuntimeConfig | ConfigError, *, request: ContainerRequest |
         findings += kata_findings(era, version, config, request)
     result = None
     if request is not None and inventory is not None:
-        more, result = plan_findings(config, request, inventory, hotplug)
+        more, result = plan_findings(config, request, inventory, hotplug, spare_floor)
         findings += more
     if qemu is not None:
         findings += qemu_findings(qemu, result)

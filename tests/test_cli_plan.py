@@ -123,3 +123,19 @@ def test_cdi_annotation_adds_the_gpu(capsys: pytest.CaptureFixture[str], host: P
     doc = json.loads(out)
     assert doc["devices"][0]["source"] == "nvidia.com/pgpu=0"
     assert doc["devices"][0]["bucket"] == "cold-vfio"
+
+
+def test_spare_window_is_configurable(capsys: pytest.CaptureFixture[str], host: Path,
+                                      tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[hypervisor.qemu]\nmachine_type = "q35"\nhot_plug_vfio = "root-port"\n'
+                   'pcie_root_port = 2\n[runtime]\nvfio_mode = "vfio"\n')
+    args = ("plan", "--config", str(cfg), "--spec", str(DEMO / "spec.json"), "--sysfs", str(host))
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and "rp1 [root port, spare] window: mem 33M pref64 129G" in out
+    code, out, _ = run(capsys, *args, "--spare-window", "mem=64M,pref64=512G")
+    assert code == 0 and "rp1 [root port, spare] window: mem 64M pref64 512G" in out
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--spare-window", "mem=lots"])
+    assert exit_.value.code == 2
+    assert "not a size (like 8M, 16G): 'lots'" in capsys.readouterr().err

@@ -5,7 +5,7 @@ places a BAR only inside the window the port already has: it never grows a windo
 ACPI hot-plug, and under native hot-plug its retry can release the window for good. So the
 window of every port that can take a hot-plugged device is decided at boot, here, from the
 BARs of the host functions that can land there. Measured with QEMU 7.2, SeaBIOS 1.16.2 and a
-Linux 6.1 guest (``BENCHMARKS.md``, "hot-plug windows"; QEMU ``docs/pcie.txt`` "Hot-plug"):
+Linux 6.1 guest (``docs/hotplug-windows.md``; QEMU ``docs/pcie.txt`` "Hot-plug"):
 
 * A ``pcie-root-port`` takes ``mem-reserve`` / ``pref64-reserve`` hints, which SeaBIOS
   honours as window sizes, but it does not align the window to its size: a 16 GiB BAR did

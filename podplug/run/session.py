@@ -36,6 +36,7 @@ from podplug.plan.sequence import (
     unplug_steps,
 )
 from podplug.plan.standin import STANDIN_VENDOR_DEVICE, stand_ins
+from podplug.plan.windows import DEFAULT_SPARE_WINDOW, Window
 from podplug.render.argv import render_argv
 from podplug.run.report import DeviceRow, RunReport
 from podplug.run.verify import GuestProver
@@ -57,6 +58,7 @@ class RunOptions:
     hotplug: HotplugMode = HotplugMode.ACPI
     keep_running: bool = False
     qemu: str | None = None  # --qemu: overrides the configuration's [hypervisor.qemu] path
+    spare_window: Window = DEFAULT_SPARE_WINDOW  # --spare-window: the least a spare port gets
     cache_dir: Path | None = None
     memory_mib: int = 512
     boot_timeout: float = 60.0  # to a ready agent; ~5 s here, minutes when nested
@@ -126,7 +128,7 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
     """
     clock = _Clock(options.progress)
     plan = make_plan(inputs.config, inputs.request, inputs.inventory,
-                     hotplug=options.hotplug)
+                     hotplug=options.hotplug, spare_floor=options.spare_window)
     has_vfio = any(d.functions for d in plan.devices)
     emulate, why_emulate = decide_emulation(options.emulate_vfio, inputs.inventory.sysfs_root,
                                             _real_host_has_iommu())

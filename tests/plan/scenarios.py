@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from podplug.errors import PodplugError
 from podplug.model.enums import HotplugMode
-from podplug.model.host import HostInventory
+from podplug.model.host import Bar, HostInventory
 from podplug.model.request import ContainerDevice, ContainerRequest
 from podplug.plan.model import Plan
 from podplug.plan.plan import plan
@@ -21,6 +21,7 @@ from podplug.render.argv import render_argv
 from podplug.render.qmp import render_qmp
 from podplug.render.tree import render_tree
 from tests.support import (
+    PREF64,
     block,
     config,
     inventory,
@@ -63,6 +64,14 @@ class Scenario:
 
 
 GPU_AND_XDA = (vfio_control(), vfio_group(12), block(0, "/dev/xda"))
+
+
+def _big_bar_host() -> HostInventory:
+    """Groups 12 and 13: GPU (BAR0 16 MiB, BAR1 128 GiB prefetchable) + audio function."""
+    host = inventory(2, 2, blocks=1)
+    functions = {bdf: replace(f, bars=(f.bars[0], Bar(1, 128 << 30, PREF64)))
+                 if f.bdf.function == 0 else f for bdf, f in host.functions.items()}
+    return replace(host, functions=functions)
 
 # The seed's scenarios (issue #11288 and its guest-kernel mirror).
 SEED = (
@@ -110,6 +119,12 @@ EXTRA = (
              hypervisor="clh", devices=GPU_AND_XDA),
     Scenario("spare-switch-ports-block-only", "guest-kernel", switch_ports=4,
              driver="virtio-scsi", devices=(block(0), block(1))),
+    # hot-plug windows: a 128 GiB BAR on a switch downstream port (a boot-time keeper of
+    # 128 GiB, plus one for the spare), and on a root port with a spare (reserves of 257G)
+    Scenario("hot-switch-port-128g-gpu-and-spare", "vfio", hot="switch-port", switch_ports=2,
+             devices=GPU_AND_XDA, host=_big_bar_host),
+    Scenario("hot-root-port-128g-gpu-and-spare", "guest-kernel", hot="root-port",
+             root_ports=2, devices=GPU_AND_XDA, host=_big_bar_host),
 )
 
 ALL = SEED + MATRIX + EXTRA

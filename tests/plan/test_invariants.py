@@ -11,6 +11,7 @@ from podplug.model.request import ContainerDevice
 from podplug.plan.plan import plan
 from podplug.plan.presentation import controller_device
 from podplug.plan.topology import BUS_NUMBERS
+from podplug.plan.windows import assignable_units, shortfall, unit_window
 from tests.plan.scenarios import DRIVERS, MODES, PORTS
 from tests.support import block, config, inventory, iommufd_dev, request, vfio_control, vfio_group
 
@@ -86,6 +87,18 @@ def test_planner_invariants(case: tuple[object, ...]) -> None:
     root = [controller_device(c) for c in result.topology.controllers if c.bus == "pcie.0"]
     slots = [dict(q.props)["addr"] for q in root]
     assert len(slots) == len(set(slots))
+    # every hot-plugged VFIO unit finds a prefetchable window that holds it on its port,
+    # and every hot-pluggable spare one that holds the host's largest assignable unit
+    ports = {c.id: c for c in result.topology.controllers}
+    for d in result.in_bucket(Bucket.HOT_VFIO):
+        for bus in {q.bus for q in d.qemu_devices}:
+            funcs = [HOST.functions[f.host] for f in d.functions if f.qemu.bus == bus]
+            assert shortfall(ports[bus].window, funcs).pref64 == 0
+    if result.config.hypervisor.hot_plug_vfio.value != "no-port":
+        largest = max(assignable_units(HOST), key=lambda u: unit_window(u).pref64)
+        for c in result.topology.controllers:
+            if c.use.value == "spare":
+                assert shortfall(c.window, largest).pref64 == 0
     # same input, same plan
     assert _plan(case) == result
 
