@@ -13,6 +13,7 @@ import pytest
 from podplug.errors import QmpCommandError
 from podplug.guest.agent_client import AgentClient
 from podplug.guest.image import build_image
+from podplug.guest.protocol import parse_lspci
 from podplug.plan.plan import plan
 from podplug.plan.sequence import StepKind, backing_drive, hot_devices, plug_steps
 from podplug.plan.standin import stand_ins
@@ -53,4 +54,4 @@ def test_failed_batch_leaves_nothing_plugged(tmp_path: Path) -> None:
                 with pytest.raises(QmpCommandError) as gone:
                     vm.qom_get(f"/machine/peripheral/{device_id}", "addr")
                 assert gone.value.error_class == "DeviceNotFound"
-            assert "nvme" not in {line.split()[3] for line in agent.call("lspci").lines}
+            assert "nvme" not in {d.driver for d in parse_lspci(agent.call("lspci"))}
