@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -101,14 +102,19 @@ def _default_cdi() -> list[str]:
 
 
 def cmd_fake_host(args: argparse.Namespace) -> int:
-    from podplug.host.fakesysfs import demo_host, eight_gpu_host, write_fake_sysfs
+    from podplug.errors import InputError
+    from podplug.host.fakesysfs import demo_host, eight_gpu_host, prepare_root, write_fake_sysfs
 
     root = Path(args.dir)
-    backing = (root.parent / f"{root.name}-disk.img").resolve()
+    backing = root.absolute().parent / f"{root.name}-disk.img"
+    if backing.is_symlink() or (backing.exists() and not backing.is_file()):
+        raise InputError(f"{backing}: exists and is not a regular file; fake-host writes its "
+                         "loop volume's backing file only as a new file")
     host = demo_host(str(backing)) if args.host == "demo" else eight_gpu_host(str(backing))
-    write_fake_sysfs(root, host)
-    if not backing.exists():
-        with open(backing, "wb") as handle:  # sparse: the loop device's backing file
+    write_fake_sysfs(prepare_root(root), host)
+    if not backing.exists():  # sparse: the loop device's backing file, made new, no link
+        fd = os.open(backing, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as handle:
             handle.truncate(64 << 20)
     print(f"wrote a FAKE sysfs tree (stand-in for a real host, {args.host}) to {root}; "
           f"its loop0 is backed by {backing}")
@@ -223,7 +229,7 @@ def _boot_ok(text: str) -> bool:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from podplug.doctor import Severity, diagnose, worst
-    from podplug.errors import ConfigError
+    from podplug.errors import ConfigError, UnsupportedPlatform
     from podplug.host.sysfs import scan_host
     from podplug.inputs.cdi import apply_cdi, cdi_references, load_cdi_dirs
     from podplug.inputs.kata import RuntimeConfig, apply_annotations, load_kata_config
@@ -231,10 +237,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from podplug.matrix.kata_models import era_for_version
     from podplug.model.enums import HotplugMode
 
-    config: RuntimeConfig | ConfigError
+    config: RuntimeConfig | ConfigError | UnsupportedPlatform
     try:
         config = load_kata_config(args.config)
-    except ConfigError as exc:
+    except (ConfigError, UnsupportedPlatform) as exc:
         config = exc
     request = None
     if args.spec:
@@ -303,12 +309,22 @@ def _add_planning_options(sub: argparse.ArgumentParser) -> None:
                      "bound to vfio-pci raises it)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("podplug")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="podplug",
         description="Plan, plug and prove every device of a VM-isolated container.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"podplug {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plan", help="plan the topology and route every device (no VM)")
@@ -392,6 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("podplug: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (podplug plan | head): say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from podplug.errors import ConfigError, PlanError
+from podplug.errors import ConfigError, PlanError, TopologyExhausted, UnsupportedPlatform
 from podplug.inputs.kata import RuntimeConfig
 from podplug.matrix.kata_models import KataEra, KataOutcome, select_devices
 from podplug.model.enums import Bucket, HotplugMode, NodeType, PortKind
@@ -139,16 +139,21 @@ def plan_findings(config: RuntimeConfig, request: ContainerRequest,
     try:
         result = make_plan(config, request, inventory, hotplug=hotplug,
                            spare_floor=spare_floor)
+    except TopologyExhausted as exc:
+        return [Finding(Severity.ERROR, "topology", str(exc), exc.hint or
+                        "request fewer devices, or use switch-port for more ports")], None
     except PlanError as exc:
-        return [Finding(Severity.ERROR, "topology", str(exc),
-                        "reduce the devices or change the port kind")], None
+        return [Finding(Severity.ERROR, "platform", str(exc),
+                        "podplug plans QEMU q35 and Cloud Hypervisor configurations")], None
+    rejected = result.in_bucket(Bucket.REJECTED)
     findings = [Finding(Severity.ERROR, "plan", f"{d.request.path} rejected: {d.reason}",
-                        "see the reason") for d in result.in_bucket(Bucket.REJECTED)]
+                        "see the reason") for d in rejected]
     topo = result.topology
+    placed = len(result.devices) - len(rejected)
     findings.append(Finding(Severity.OK, "topology",
-                            f"{len(result.devices)} devices planned for {hotplug.value} "
-                            f"hot-plug; {topo.root_slots_used} root-bus slots and "
-                            f"{topo.bus_numbers} of 255 bus numbers used"))
+                            f"the {placed} device(s) podplug places fit: "
+                            f"{topo.root_slots_used} root-bus slots and {topo.bus_numbers} of "
+                            "255 bus numbers used"))
     return findings, result
 
 
@@ -273,23 +278,39 @@ def _fit_finding(port: Controller, functions: Sequence[PciFunction], what: str,
                    f"{what}", fix)
 
 
-def diagnose(config: RuntimeConfig | ConfigError, *, request: ContainerRequest | None = None,
+def _key(name: str, value: str, given: bool) -> str:
+    return f"{name}={value}" if given else f"{name}={value} (default)"
+
+
+def config_finding(config: RuntimeConfig, hotplug: HotplugMode) -> Finding:
+    """The configuration as read: each key as the file sets it, or marked as Kata's default."""
+    hv = config.hypervisor
+    keys = [_key("vfio_mode", config.vfio_mode.value, config.vfio_mode_given)]
+    keys += [_key(name, value, name in hv.given) for name, value in (
+        ("cold_plug_vfio", hv.cold_plug_vfio.value), ("hot_plug_vfio", hv.hot_plug_vfio.value),
+        ("block_device_driver", hv.block_device_driver.value))]
+    return Finding(Severity.OK, "config",
+                   f"[{hv.section}] valid: {' '.join(keys)}; planned for {hotplug.value} "
+                   "hot-plug")
+
+
+def diagnose(config: RuntimeConfig | ConfigError | UnsupportedPlatform, *,
+             request: ContainerRequest | None = None,
              inventory: HostInventory | None = None, era: KataEra | None = None,
              version: str = "", hotplug: HotplugMode = HotplugMode.ACPI,
              qemu: QemuCapabilities | ConfigError | None = None,
              spare_floor: Window = DEFAULT_SPARE_WINDOW) -> list[Finding]:
-    """Every finding for this deployment, in check order."""
+    """Every finding for this deployment, in check order; each says one thing, and the
+    checks that need a valid, planned configuration are left out when it is not."""
+    if isinstance(config, UnsupportedPlatform):
+        return [Finding(Severity.ERROR, "platform", str(config),
+                        "podplug plans QEMU q35 and Cloud Hypervisor configurations "
+                        "(configuration-qemu*.toml, configuration-clh.toml)")]
     if isinstance(config, ConfigError):
         return [Finding(Severity.ERROR, "config", str(config),
                         f"allowed: {', '.join(config.allowed)}" if config.allowed else
                         "fix the key named")]
-    hv = config.hypervisor
-    findings = [Finding(Severity.OK, "config",
-                        f"[{hv.section}] valid: vfio_mode={config.vfio_mode.value} "
-                        f"cold_plug_vfio={hv.cold_plug_vfio.value} "
-                        f"hot_plug_vfio={hv.hot_plug_vfio.value} "
-                        f"block_device_driver={hv.block_device_driver.value} "
-                        f"hotplug={hotplug.value}")]
+    findings = [config_finding(config, hotplug)]
     if era is not None:
         findings += kata_findings(era, version, config, request)
     result = None

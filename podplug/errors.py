@@ -152,13 +152,20 @@ class TopologyExhausted(PlanError):
 class UnsupportedPlatform(PlanError):
     """podplug lays out PCIe topologies for QEMU q35 only; names what was asked."""
 
-    def __init__(self, what: str, value: str, allowed: Sequence[str]) -> None:
+    def __init__(self, what: str, value: str, allowed: Sequence[str],
+                 *, path: str | None = None) -> None:
         self.what = what
         self.value = value
         self.allowed = tuple(allowed)
+        self.path = path
+        where = f"{path}: " if path else ""
         super().__init__(
-            f"{what} = {value!r}: podplug plans only {_allowed(allowed)}"
+            f"{where}{what} = {value!r}: podplug plans only {_allowed(allowed)}"
         )
+
+    def with_path(self, path: str) -> UnsupportedPlatform:
+        """The same error, naming the file it came from."""
+        return UnsupportedPlatform(self.what, self.value, self.allowed, path=path)
 
 
 class QemuLacksFeature(PlanError):

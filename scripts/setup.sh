@@ -9,6 +9,6 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
-    qemu-system-x86 busybox-static e2fsprogs >/dev/null
+    qemu-system-x86 busybox-static e2fsprogs graphviz >/dev/null
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 echo "podplug: set up ($(qemu-system-x86_64 --version | head -1))"

@@ -24,10 +24,12 @@ Device numbers used (fixed here; a real host picks some of them at boot):
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from podplug.errors import InputError
 from podplug.model.host import IORESOURCE_IO, IORESOURCE_MEM_64
 from podplug.model.pci import (
     CLASS_AUDIO,
@@ -103,6 +105,35 @@ class FakeHost:
     functions: tuple[FakeFunction, ...] = ()
     blocks: tuple[FakeBlock, ...] = ()
     iommufd: bool = False
+
+
+MARKER = ".podplug-fake-host"
+
+
+def prepare_root(root: Path) -> Path:
+    """Make ``root`` ready for a fresh fake tree: a new or empty directory, or one an earlier
+    ``fake-host`` wrote (its marker file is there), whose tree is then removed. Refuses a
+    symlink and a directory holding anything else, so it never writes into, or deletes,
+    what it did not make.
+
+    :raises InputError: naming the directory and why.
+    """
+    root = Path(root)
+    if root.is_symlink():
+        raise InputError(f"{root}: is a symbolic link; fake-host writes only into a directory "
+                         "it makes")
+    if root.exists():
+        if not root.is_dir():
+            raise InputError(f"{root}: exists and is not a directory")
+        marker = root / MARKER
+        if marker.is_file() and not marker.is_symlink():
+            shutil.rmtree(root)  # ours: never follows the links inside
+        elif any(root.iterdir()):
+            raise InputError(f"{root}: not empty and not made by podplug fake-host (no "
+                             f"{MARKER}); choose a new or empty directory")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("written by podplug fake-host: a FAKE sysfs tree\n")
+    return root
 
 
 def write_fake_sysfs(root: Path, host: FakeHost) -> Path:

@@ -14,6 +14,16 @@ Keys read (``src/runtime/pkg/katautils/config.go``; research ``kata-devices.md``
   ``path``, the hypervisor binary (an absolute path; Kata's default for QEMU is
   ``/usr/bin/qemu-system-x86_64``, its Makefile's ``QEMUPATH`` under ``PREFIX=/usr``).
 
+Order of checks, so that a file podplug does not plan for is named as such rather than for
+some key on the way: the hypervisor table (``qemu``; ``clh``, which runtime-rs kata-types
+3.13-3.20 spelled ``cloud-hypervisor``; any other Kata hypervisor is refused as
+unsupported, exit 4), then QEMU's ``machine_type`` (``q35``; ``virt``, ``s390-ccw-virtio``
+and the rest are refused as unsupported), then the keys. ``block_device_driver`` takes
+either runtime's spelling: the Go runtime's ``virtio-blk`` and runtime-rs's
+``virtio-blk-pci`` are the same PCI device; ``virtio-scsi`` is both's; the other drivers
+Kata knows (``virtio-mmio``, ``virtio-blk-mmio``, ``virtio-blk-ccw``, ``nvdimm``,
+``virtio-pmem``) are named and refused as unsupported; anything else is a typo (exit 2).
+
 Validation follows Kata's ``checkPCIeConfig`` (§2.4), with its defects fixed: when both
 ``cold_plug_vfio`` and ``hot_plug_vfio`` are set the message names each with its own value
 (Kata swapped the labels); port strings are checked for every machine type (Kata skipped
@@ -37,7 +47,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
-from podplug.errors import ConfigError
+from podplug.errors import ConfigError, UnsupportedPlatform
 from podplug.model.enums import BlockDriver, Hypervisor, PortKind, VfioMode
 
 MAX_PCIE_ROOT_PORTS = 16  # Kata maxPCIeRootPort ("Limitation from QEMU": IO space)
@@ -46,6 +56,27 @@ MAX_BRIDGES = 5  # Kata maxPCIBridges (virtcontainers/hypervisor.go)
 
 ANNOTATION_PREFIX = "io.katacontainers.config.hypervisor."
 _CLH_PORTS = (PortKind.NO_PORT, PortKind.ROOT_PORT)
+PLANNED_HYPERVISORS = (Hypervisor.QEMU, Hypervisor.CLOUD_HYPERVISOR)
+PLANNED_MACHINES = ("q35",)
+
+#: table names as the two runtimes spell them (runtime-rs kata-types 3.13-3.20:
+#: ``cloud-hypervisor``; the Go runtime and later kata-types: ``clh``)
+TABLE_NAMES: dict[str, Hypervisor] = {
+    **{h.value: h for h in Hypervisor}, "cloud-hypervisor": Hypervisor.CLOUD_HYPERVISOR}
+
+#: block_device_driver spellings of both runtimes -> what podplug plans
+BLOCK_DRIVERS: dict[str, BlockDriver] = {
+    "virtio-blk": BlockDriver.VIRTIO_BLK,  # Go runtime
+    "virtio-blk-pci": BlockDriver.VIRTIO_BLK,  # runtime-rs (kata-types VIRTIO_BLK_PCI)
+    "virtio-scsi": BlockDriver.VIRTIO_SCSI,
+}
+#: drivers Kata knows that put volumes elsewhere than on PCI (MMIO, CCW, NVDIMM, pmem)
+UNPLANNED_BLOCK_DRIVERS = ("virtio-mmio", "virtio-blk-mmio", "virtio-blk-ccw", "nvdimm",
+                           "virtio-pmem")
+#: the keys of a [hypervisor.*] table podplug reads (others are left alone)
+READ_KEYS = ("path", "machine_type", "cold_plug_vfio", "hot_plug_vfio", "pcie_root_port",
+             "pcie_switch_port", "block_device_driver", "default_bridges",
+             "enable_annotations")
 
 
 @dataclass(frozen=True)
@@ -62,10 +93,12 @@ class HypervisorConfig:
     default_bridges: int = 1
     enable_annotations: tuple[str, ...] = ()
     path: str = ""  # the hypervisor binary; "" when the file does not say
+    table: str = ""  # the table's name in the file ("cloud-hypervisor"); "" = kind's name
+    given: frozenset[str] = frozenset()  # the keys of READ_KEYS the file itself sets
 
     @property
     def section(self) -> str:
-        return f"hypervisor.{self.kind.value}"
+        return f"hypervisor.{self.table or self.kind.value}"
 
     @property
     def vfio_port(self) -> PortKind:
@@ -81,6 +114,7 @@ class RuntimeConfig:
 
     vfio_mode: VfioMode
     hypervisor: HypervisorConfig
+    vfio_mode_given: bool = True  # the file sets [runtime] vfio_mode (else Kata's default)
 
 
 _E = TypeVar("_E", PortKind, VfioMode, BlockDriver)
@@ -105,30 +139,50 @@ def _count(key: str, raw: object, limit: int) -> int:
     return raw
 
 
-def _hypervisor_table(doc: Mapping[str, object]) -> tuple[Hypervisor, Mapping[str, object]]:
+def _hypervisor_table(doc: Mapping[str, object]) -> tuple[str, Mapping[str, object]]:
     tables = doc.get("hypervisor")
+    allowed = sorted(TABLE_NAMES)
     if not isinstance(tables, Mapping) or not tables:
-        raise ConfigError("hypervisor", "no [hypervisor.<name>] table found",
-                          allowed=[h.value for h in Hypervisor])
+        raise ConfigError("hypervisor", "no [hypervisor.<name>] table found", allowed=allowed)
     if len(tables) != 1:
         raise ConfigError("hypervisor", "exactly one [hypervisor.<name>] table is allowed",
                           value=", ".join(sorted(tables)))
     ((name, table),) = tables.items()
-    allowed = [h.value for h in Hypervisor]
-    if name not in allowed:
+    if name not in TABLE_NAMES:
         raise ConfigError(f"hypervisor.{name}", "unknown hypervisor", allowed=allowed)
     if not isinstance(table, Mapping):
         raise ConfigError(f"hypervisor.{name}", "must be a table")
-    return Hypervisor(name), table
+    return name, table
+
+
+def _block_driver(key: str, raw: object) -> BlockDriver:
+    if raw is None or raw == "":
+        return BlockDriver.VIRTIO_SCSI  # Kata's default (DEFBLOCKSTORAGEDRIVER_QEMU)
+    if isinstance(raw, str) and raw in BLOCK_DRIVERS:
+        return BLOCK_DRIVERS[raw]
+    if isinstance(raw, str) and raw in UNPLANNED_BLOCK_DRIVERS:
+        raise UnsupportedPlatform(key, raw, list(BLOCK_DRIVERS))
+    raise ConfigError(key, "unsupported block device driver", value=raw,
+                      allowed=[*BLOCK_DRIVERS, *UNPLANNED_BLOCK_DRIVERS])
 
 
 def parse_kata_config(doc: Mapping[str, object]) -> RuntimeConfig:
     """Extract and validate the device keys of a parsed Kata ``configuration.toml``.
 
+    :raises UnsupportedPlatform: for a hypervisor, machine type or block driver podplug does
+        not plan, checked in that order before any other key.
     :raises ConfigError: naming the key, its value and what is allowed.
     """
-    kind, table = _hypervisor_table(doc)
-    section = f"hypervisor.{kind.value}"
+    name, table = _hypervisor_table(doc)
+    kind = TABLE_NAMES[name]
+    section = f"hypervisor.{name}"
+    if kind not in PLANNED_HYPERVISORS:
+        raise UnsupportedPlatform("hypervisor", name, [h.value for h in PLANNED_HYPERVISORS])
+    machine = table.get("machine_type", "q35" if kind is Hypervisor.QEMU else "")
+    if not isinstance(machine, str):
+        raise ConfigError(f"{section}.machine_type", "must be a string", value=machine)
+    if kind is Hypervisor.QEMU and machine not in PLANNED_MACHINES:
+        raise UnsupportedPlatform(f"[{section}] machine_type", machine, PLANNED_MACHINES)
     runtime = doc.get("runtime", {})
     if not isinstance(runtime, Mapping):
         raise ConfigError("runtime", "must be a table")
@@ -145,7 +199,7 @@ def parse_kata_config(doc: Mapping[str, object]) -> RuntimeConfig:
                           value=binary)
     hv = HypervisorConfig(
         kind=kind,
-        machine_type=str(table.get("machine_type", "q35" if kind is Hypervisor.QEMU else "")),
+        machine_type=machine,
         cold_plug_vfio=_enum_value(PortKind, f"{section}.cold_plug_vfio",
                                    table.get("cold_plug_vfio"), PortKind.NO_PORT, port_problem),
         hot_plug_vfio=_enum_value(PortKind, f"{section}.hot_plug_vfio",
@@ -154,18 +208,20 @@ def parse_kata_config(doc: Mapping[str, object]) -> RuntimeConfig:
                               MAX_PCIE_ROOT_PORTS),
         pcie_switch_port=_count(f"{section}.pcie_switch_port", table.get("pcie_switch_port"),
                                 MAX_PCIE_SWITCH_PORTS),
-        block_device_driver=_enum_value(
-            BlockDriver, f"{section}.block_device_driver", table.get("block_device_driver"),
-            BlockDriver.VIRTIO_SCSI, "unsupported block device driver"),
+        block_device_driver=_block_driver(f"[{section}] block_device_driver",
+                                          table.get("block_device_driver")),
         default_bridges=_count(f"{section}.default_bridges", bridges, MAX_BRIDGES),
         enable_annotations=tuple(annotations),
         path=binary,
+        table=name if name != kind.value else "",
+        given=frozenset(k for k in READ_KEYS if k in table),
     )
     validate_ports(hv)
     if kind is Hypervisor.CLOUD_HYPERVISOR and hv.block_device_driver is BlockDriver.VIRTIO_SCSI:
         raise ConfigError(f"{section}.block_device_driver", "Cloud Hypervisor has no virtio-scsi",
                           value=hv.block_device_driver.value, allowed=["virtio-blk"])
-    return RuntimeConfig(vfio_mode=vfio_mode, hypervisor=hv)
+    return RuntimeConfig(vfio_mode=vfio_mode, hypervisor=hv,
+                         vfio_mode_given="vfio_mode" in runtime)
 
 
 def validate_ports(hv: HypervisorConfig, *, prefix: str = "") -> None:
@@ -255,5 +311,5 @@ def load_kata_config(path: str | Path) -> RuntimeConfig:
         raise ConfigError("(toml)", f"not valid TOML: {exc}", path=text_path) from exc
     try:
         return parse_kata_config(doc)
-    except ConfigError as exc:
+    except (ConfigError, UnsupportedPlatform) as exc:
         raise exc.with_path(text_path) from exc

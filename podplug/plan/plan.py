@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from podplug.errors import UnsupportedPlatform
-from podplug.inputs.kata import RuntimeConfig
+from podplug.inputs.kata import PLANNED_HYPERVISORS, PLANNED_MACHINES, RuntimeConfig
 from podplug.model.enums import (
     AgentDeviceType,
     BlockDriver,
@@ -49,7 +49,7 @@ from podplug.plan.presentation import (
     vfio_functions,
     virtio_blk_device,
 )
-from podplug.plan.route import Routed, route
+from podplug.plan.route import PortChoice, Routed, route
 from podplug.plan.topology import (
     Controller,
     Demand,
@@ -69,13 +69,14 @@ from podplug.plan.windows import (
     unit_window,
 )
 
-PLANNED_MACHINES = ("q35",)
-
 
 def _check_platform(config: RuntimeConfig) -> None:
+    """The parser already refuses these (:mod:`podplug.inputs.kata`); a config built
+    another way is held to the same rule."""
     hv = config.hypervisor
-    if hv.kind not in (Hypervisor.QEMU, Hypervisor.CLOUD_HYPERVISOR):
-        raise UnsupportedPlatform("hypervisor", hv.kind.value, ["qemu", "clh"])
+    if hv.kind not in PLANNED_HYPERVISORS:
+        raise UnsupportedPlatform("hypervisor", hv.kind.value,
+                                  [h.value for h in PLANNED_HYPERVISORS])
     if hv.kind is Hypervisor.QEMU and hv.machine_type not in PLANNED_MACHINES:
         raise UnsupportedPlatform(f"[{hv.section}] machine_type", hv.machine_type,
                                   PLANNED_MACHINES)
@@ -116,9 +117,11 @@ def plan(
     """
     _check_platform(config)
     hv = config.hypervisor
+    choice = PortChoice((PortKind.ROOT_PORT,), hv.section) if \
+        hv.kind is Hypervisor.CLOUD_HYPERVISOR else PortChoice(section=hv.section)
     routed = _reject_repeats(route(request, inventory, vfio_mode=config.vfio_mode,
                                    cold=hv.cold_plug_vfio, hot=hv.hot_plug_vfio,
-                                   hotplug=hotplug))
+                                   hotplug=hotplug, choice=choice))
     port = hv.vfio_port
     flat = hv.kind is Hypervisor.CLOUD_HYPERVISOR
     units: dict[int, tuple[PlugUnit, ...]] = {}

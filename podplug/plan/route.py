@@ -116,14 +116,28 @@ def resolve_vfio(device: ContainerDevice, inventory: HostInventory) -> VfioSourc
     return VfioSource(VfioKind.GROUP, host_path, name, tuple(functions), tuple(bridges))
 
 
+@dataclass(frozen=True)
+class PortChoice:
+    """Where VFIO ports can be, for the hint of a device that has none: the ports the
+    hypervisor takes and the table that sets them."""
+
+    ports: tuple[PortKind, ...] = (PortKind.ROOT_PORT, PortKind.SWITCH_PORT,
+                                   PortKind.BRIDGE_PORT)
+    section: str = "hypervisor.qemu"
+
+    def hint(self) -> str:
+        names = [f'"{p.value}"' for p in self.ports]
+        spelled = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        return f"set cold_plug_vfio or hot_plug_vfio ({spelled}) in [{self.section}]"
+
+
 def _route_vfio(
     device: ContainerDevice, request: ContainerRequest, inventory: HostInventory,
-    cold: PortKind, hot: PortKind, hotplug: HotplugMode,
+    cold: PortKind, hot: PortKind, hotplug: HotplugMode, choice: PortChoice,
 ) -> Routed:
     if cold is PortKind.NO_PORT and hot is PortKind.NO_PORT:
         return Routed(device, Bucket.REJECTED,
-                      "a VFIO device needs a PCIe port: set cold_plug_vfio or hot_plug_vfio "
-                      '("root-port", "switch-port" or "bridge-port") in [hypervisor]')
+                      f"a VFIO device needs a PCIe port: {choice.hint()}")
     source = resolve_vfio(device, inventory)
     if isinstance(source, str):
         return Routed(device, Bucket.REJECTED, source)
@@ -165,11 +179,11 @@ def _route_block(device: ContainerDevice, inventory: HostInventory) -> Routed:
 def route_device(
     device: ContainerDevice, request: ContainerRequest, inventory: HostInventory,
     *, vfio_mode: VfioMode, cold: PortKind, hot: PortKind,
-    hotplug: HotplugMode = HotplugMode.ACPI,
+    hotplug: HotplugMode = HotplugMode.ACPI, choice: PortChoice = PortChoice(),
 ) -> Routed:
     """Route one device. Pure; the same inputs always give the same bucket."""
     if is_vfio_path(device.path):
-        routed = _route_vfio(device, request, inventory, cold, hot, hotplug)
+        routed = _route_vfio(device, request, inventory, cold, hot, hotplug, choice)
     elif device.type is NodeType.BLOCK:
         routed = _route_block(device, inventory)
     else:
@@ -183,11 +197,11 @@ def route_device(
 def route(
     request: ContainerRequest, inventory: HostInventory,
     *, vfio_mode: VfioMode, cold: PortKind, hot: PortKind,
-    hotplug: HotplugMode = HotplugMode.ACPI,
+    hotplug: HotplugMode = HotplugMode.ACPI, choice: PortChoice = PortChoice(),
 ) -> tuple[Routed, ...]:
     """Route every device of ``request``; one :class:`Routed` per input, in input order."""
     return tuple(
         route_device(d, request, inventory, vfio_mode=vfio_mode, cold=cold, hot=hot,
-                     hotplug=hotplug)
+                     hotplug=hotplug, choice=choice)
         for d in request.devices
     )
