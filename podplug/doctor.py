@@ -311,6 +311,7 @@ def diagnose(config: RuntimeConfig | ConfigError | UnsupportedPlatform, *,
                         f"allowed: {', '.join(config.allowed)}" if config.allowed else
                         "fix the key named")]
     findings = [config_finding(config, hotplug)]
+    findings += [Finding(Severity.INFO, "config", note) for note in config.notes]
     if era is not None:
         findings += kata_findings(era, version, config, request)
     result = None

@@ -20,8 +20,11 @@ from podplug.model.pci import CLASS_AUDIO, CLASS_DISPLAY_3D, CLASS_OTHER_BRIDGE,
 from podplug.model.request import ContainerDevice, ContainerRequest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-KATA_FIXTURES = SHARED / "fixtures" / "kata"
+FIXTURES = REPO / "tests" / "fixtures"
+KATA_FIXTURES = FIXTURES / "kata"
+#: Kata's configuration files at main, by runtime (``go``, ``rs``) and upstream name; the
+#: files of every release are listed in ``tests/fixtures/kata/manifest.json``
+KATA_MAIN = KATA_FIXTURES / "main"
 
 VFIO_GROUP_MAJOR = 236
 VFIO_CDEV_MAJOR = 237

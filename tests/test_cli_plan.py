@@ -9,10 +9,10 @@ import pytest
 
 from podplug.cli import EXIT_REJECTED, main
 from podplug.host.fakesysfs import demo_host, write_fake_sysfs
-from tests.support import KATA_FIXTURES, REPO
+from tests.support import KATA_MAIN, REPO
 
 DEMO = REPO / "podplug" / "demo"
-NVIDIA = KATA_FIXTURES / "configuration-qemu-nvidia-gpu.toml"
+NVIDIA = KATA_MAIN / "go" / "configuration-qemu-nvidia-gpu.toml"
 
 
 @pytest.fixture
@@ -90,15 +90,19 @@ def test_bad_sysfs_exit_3(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     assert code == 3 and "nothing" in err
 
 
-def test_unsupported_machine_exit_4(capsys: pytest.CaptureFixture[str], host: Path) -> None:
-    se = KATA_FIXTURES / "configuration-qemu-se.toml"
+def test_unsupported_machine_exit_4(capsys: pytest.CaptureFixture[str], host: Path,
+                                   tmp_path: Path) -> None:
+    se = tmp_path / "configuration-qemu-se.toml"  # as it would be rendered for s390x
+    se.write_text('[hypervisor.qemu]\nmachine_type = "s390-ccw-virtio"\n'
+                  'block_device_driver = "virtio-blk-ccw"\ncold_plug_vfio = "bridge-port"\n')
     code, _, err = run(capsys, "plan", "--config", str(se), "--spec", str(DEMO / "spec.json"),
                        "--sysfs", str(host))
-    assert code == 4 and "s390-ccw-virtio" in err and "q35" in err
+    assert code == 4 and f"{se}: [hypervisor.qemu] machine_type = 's390-ccw-virtio'" in err
+    assert "q35" in err and "virtio-blk-ccw" not in err  # the platform, not a key on the way
 
 
 def test_rejected_device_is_loud_exit_8(capsys: pytest.CaptureFixture[str], host: Path) -> None:
-    cfg = KATA_FIXTURES / "configuration-qemu.toml"  # no port for VFIO
+    cfg = KATA_MAIN / "go" / "configuration-qemu.toml"  # no port for VFIO
     code, out, err = run(capsys, "plan", "--config", str(cfg), "--spec",
                          str(DEMO / "spec.json"), "--sysfs", str(host))
     assert code == EXIT_REJECTED

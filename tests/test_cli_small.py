@@ -3,6 +3,7 @@ replacing only its own trees."""
 
 from __future__ import annotations
 
+import html
 import re
 import subprocess
 from pathlib import Path
@@ -35,7 +36,7 @@ def test_dot_renders_with_real_line_breaks(capsys: pytest.CaptureFixture[str],
     dot = capsys.readouterr().out
     svg = subprocess.run(["dot", "-Tsvg"], input=dot, capture_output=True, text=True,
                          check=True, timeout=60).stdout
-    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    texts = [html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg)]
     assert "rp0" in texts and "pcie-root-port" in texts and "vfio @ 03.0" in texts
     assert "/dev/vfio/12" in texts and "cold-vfio" in texts
     assert not any("\\n" in t for t in texts)

@@ -129,13 +129,14 @@ def test_doctor_plans_for_the_hotplug_mode_it_is_given(capsys: pytest.CaptureFix
     spec = str(DEMO / "spec.json")
     code = main(["doctor", "--config", str(cfg), "--spec", spec, "--sysfs", str(host)])
     out = capsys.readouterr().out
-    assert "hotplug=acpi" in out and "planned for acpi hot-plug" in out
+    assert "cold_plug_vfio=no-port (default) hot_plug_vfio=bridge-port" in out
+    assert "planned for acpi hot-plug" in out
     assert "rejected" not in out
     code = main(["doctor", "--config", str(cfg), "--spec", spec, "--sysfs", str(host),
                  "--hotplug", "native"])
     out = capsys.readouterr().out
     assert code == EXIT_DOCTOR_ERROR
-    assert "hotplug=native" in out and "/dev/vfio/12 rejected" in out
+    assert "planned for native hot-plug" in out and "/dev/vfio/12 rejected" in out
     assert "needs ACPI PCI hot-plug" in out
 
 

@@ -11,8 +11,10 @@ Keys read (``src/runtime/pkg/katautils/config.go``; research ``kata-devices.md``
   default), ``pcie_root_port`` and ``pcie_switch_port`` (counts, at most 16 each:
   ``maxPCIeRootPort`` / ``maxPCIeSwitchPort``), ``machine_type``, ``block_device_driver``,
   ``default_bridges`` (at most 5, Kata's ``maxPCIBridges``), ``enable_annotations`` and
-  ``path``, the hypervisor binary (an absolute path; Kata's default for QEMU is
-  ``/usr/bin/qemu-system-x86_64``, its Makefile's ``QEMUPATH`` under ``PREFIX=/usr``).
+  ``path``, the hypervisor binary (Kata's default for QEMU is
+  ``/usr/bin/qemu-system-x86_64``, its Makefile's ``QEMUPATH`` under ``PREFIX=/usr``; it
+  is checked when podplug runs a binary, not when it plans: the TDX files ship a
+  placeholder there).
 
 Order of checks, so that a file podplug does not plan for is named as such rather than for
 some key on the way: the hypervisor table (``qemu``; ``clh``, which runtime-rs kata-types
@@ -23,6 +25,12 @@ either runtime's spelling: the Go runtime's ``virtio-blk`` and runtime-rs's
 ``virtio-blk-pci`` are the same PCI device; ``virtio-scsi`` is both's; the other drivers
 Kata knows (``virtio-mmio``, ``virtio-blk-mmio``, ``virtio-blk-ccw``, ``nvdimm``,
 ``virtio-pmem``) are named and refused as unsupported; anything else is a typo (exit 2).
+
+The two runtimes read some keys differently (kata-types vs ``katautils/config.go``, the same
+from 3.13.0 to main unless said): with no ``block_device_driver`` the Go runtime plans
+``virtio-scsi``, runtime-rs ``virtio-blk-pci``; runtime-rs has no ``hot_plug_vfio`` key at
+all (its shipped files of 3.24-3.28 carry one, which it ignores: so does podplug, saying
+so), and takes only ``no-port`` or ``root-port`` for ``cold_plug_vfio`` (read from 3.31.0).
 
 Validation follows Kata's ``checkPCIeConfig`` (§2.4), with its defects fixed: when both
 ``cold_plug_vfio`` and ``hot_plug_vfio`` are set the message names each with its own value
@@ -48,7 +56,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from podplug.errors import ConfigError, UnsupportedPlatform
-from podplug.model.enums import BlockDriver, Hypervisor, PortKind, VfioMode
+from podplug.model.enums import BlockDriver, Hypervisor, KataRuntime, PortKind, VfioMode
 
 MAX_PCIE_ROOT_PORTS = 16  # Kata maxPCIeRootPort ("Limitation from QEMU": IO space)
 MAX_PCIE_SWITCH_PORTS = 16  # Kata maxPCIeSwitchPort
@@ -115,6 +123,8 @@ class RuntimeConfig:
     vfio_mode: VfioMode
     hypervisor: HypervisorConfig
     vfio_mode_given: bool = True  # the file sets [runtime] vfio_mode (else Kata's default)
+    runtime: KataRuntime = KataRuntime.GO
+    notes: tuple[str, ...] = ()  # keys read differently than they look, said once
 
 
 _E = TypeVar("_E", PortKind, VfioMode, BlockDriver)
@@ -155,9 +165,15 @@ def _hypervisor_table(doc: Mapping[str, object]) -> tuple[str, Mapping[str, obje
     return name, table
 
 
-def _block_driver(key: str, raw: object) -> BlockDriver:
+def _runtime_of(runtime: Mapping[str, object]) -> KataRuntime:
+    rust = "hypervisor_name" in runtime or runtime.get("name") == "virt_container"
+    return KataRuntime.RUST if rust else KataRuntime.GO
+
+
+def _block_driver(key: str, raw: object, runtime: KataRuntime) -> BlockDriver:
     if raw is None or raw == "":
-        return BlockDriver.VIRTIO_SCSI  # Kata's default (DEFBLOCKSTORAGEDRIVER_QEMU)
+        # Go: defaultBlockDeviceDriver; runtime-rs: DEFAULT_BLOCK_DEVICE_TYPE
+        return BlockDriver.VIRTIO_BLK if runtime is KataRuntime.RUST else BlockDriver.VIRTIO_SCSI
     if isinstance(raw, str) and raw in BLOCK_DRIVERS:
         return BLOCK_DRIVERS[raw]
     if isinstance(raw, str) and raw in UNPLANNED_BLOCK_DRIVERS:
@@ -186,6 +202,18 @@ def parse_kata_config(doc: Mapping[str, object]) -> RuntimeConfig:
     runtime = doc.get("runtime", {})
     if not isinstance(runtime, Mapping):
         raise ConfigError("runtime", "must be a table")
+    flavour = _runtime_of(runtime)
+    notes: list[str] = []
+    hot_raw = table.get("hot_plug_vfio")
+    if flavour is KataRuntime.RUST and hot_raw not in (None, "", "no-port"):
+        notes.append(f"[{section}] hot_plug_vfio = {hot_raw!r} is not a runtime-rs key: "
+                     "ignored, as runtime-rs ignores it")
+    if flavour is KataRuntime.RUST:
+        hot_raw = None
+        cold_raw = table.get("cold_plug_vfio")
+        if cold_raw not in (None, "", "no-port", "root-port"):
+            raise ConfigError(f"{section}.cold_plug_vfio", "runtime-rs plugs VFIO only on "
+                              "root ports", value=cold_raw, allowed=["no-port", "root-port"])
     vfio_mode = _enum_value(VfioMode, "runtime.vfio_mode", runtime.get("vfio_mode"),
                             VfioMode.GUEST_KERNEL, "unknown VFIO mode")
     port_problem = "unknown PCIe port"
@@ -194,34 +222,37 @@ def parse_kata_config(doc: Mapping[str, object]) -> RuntimeConfig:
         raise ConfigError(f"{section}.enable_annotations", "must be a list of strings")
     bridges = table.get("default_bridges", 1)
     binary = table.get("path", "")
-    if not isinstance(binary, str) or (binary and not binary.startswith("/")):
-        raise ConfigError(f"{section}.path", "must be an absolute path to the hypervisor binary",
-                          value=binary)
+    # checked as a binary only when one is run (podplug.vm.probe): the TDX files ship
+    # "PLACEHOLDER_FOR_DISTRO_QEMU_WITH_TDX_SUPPORT" there, and still plan
+    if not isinstance(binary, str):
+        raise ConfigError(f"{section}.path", "must be a string", value=binary)
     hv = HypervisorConfig(
         kind=kind,
         machine_type=machine,
         cold_plug_vfio=_enum_value(PortKind, f"{section}.cold_plug_vfio",
                                    table.get("cold_plug_vfio"), PortKind.NO_PORT, port_problem),
         hot_plug_vfio=_enum_value(PortKind, f"{section}.hot_plug_vfio",
-                                  table.get("hot_plug_vfio"), PortKind.NO_PORT, port_problem),
+                                  hot_raw, PortKind.NO_PORT, port_problem),
         pcie_root_port=_count(f"{section}.pcie_root_port", table.get("pcie_root_port"),
                               MAX_PCIE_ROOT_PORTS),
         pcie_switch_port=_count(f"{section}.pcie_switch_port", table.get("pcie_switch_port"),
                                 MAX_PCIE_SWITCH_PORTS),
         block_device_driver=_block_driver(f"[{section}] block_device_driver",
-                                          table.get("block_device_driver")),
+                                          table.get("block_device_driver"), flavour),
         default_bridges=_count(f"{section}.default_bridges", bridges, MAX_BRIDGES),
         enable_annotations=tuple(annotations),
         path=binary,
         table=name if name != kind.value else "",
-        given=frozenset(k for k in READ_KEYS if k in table),
+        given=frozenset(k for k in READ_KEYS if k in table
+                        and not (k == "hot_plug_vfio" and flavour is KataRuntime.RUST)),
     )
     validate_ports(hv)
     if kind is Hypervisor.CLOUD_HYPERVISOR and hv.block_device_driver is BlockDriver.VIRTIO_SCSI:
         raise ConfigError(f"{section}.block_device_driver", "Cloud Hypervisor has no virtio-scsi",
                           value=hv.block_device_driver.value, allowed=["virtio-blk"])
     return RuntimeConfig(vfio_mode=vfio_mode, hypervisor=hv,
-                         vfio_mode_given="vfio_mode" in runtime)
+                         vfio_mode_given="vfio_mode" in runtime, runtime=flavour,
+                         notes=tuple(notes))
 
 
 def validate_ports(hv: HypervisorConfig, *, prefix: str = "") -> None:

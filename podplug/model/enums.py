@@ -44,6 +44,18 @@ class Hypervisor(Enum):
     DRAGONBALL = "dragonball"
     STRATOVIRT = "stratovirt"
     REMOTE = "remote"
+    OPENVMM = "openvmm"  # runtime-rs 4.1.0+
+
+
+class KataRuntime(Enum):
+    """Which Kata runtime a configuration file is for: they read some keys differently.
+
+    runtime-rs files carry ``[runtime] name = "virt_container"`` and ``hypervisor_name``
+    (every shipped file of 3.13.0-main); Go runtime files have neither.
+    """
+
+    GO = "go"
+    RUST = "runtime-rs"
 
 
 class NodeType(Enum):

@@ -93,6 +93,8 @@ def render_tree(plan: Plan) -> str:
         for device in others:
             spec = "" if device.in_spec else " (stripped from the spec: guest-kernel mode)"
             lines.append(f"  {device.request.path} {device.bucket.value}: {device.reason}{spec}")
+    for note in plan.config.notes:
+        lines.append(f"note: {note}")
     for device in plan.devices:
         for note in device.notes:
             lines.append(f"note: {device.request.path}: {note}")
