@@ -359,7 +359,7 @@ def bench_process(runs: int, sysfs: Path) -> str:
 
 def import_breakdown(runs: int) -> str:
     """Cumulative import time of the heavy modules, from ``-X importtime`` (medians)."""
-    wanted = ("podplug.cli", "podplug.inputs.load", "podplug.inputs.cdi", "jsonschema", "yaml",
+    wanted = ("podplug.cli", "podplug.inputs.load", "podplug.inputs.cdi", "yaml",
               "podplug.inputs.kata", "podplug.host.sysfs", "podplug.plan.plan",
               "podplug.render.argv")
     found: dict[str, list[float]] = {name: [] for name in wanted}

@@ -71,7 +71,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from podplug.plan.plan import plan
 
     inputs = load_inputs(args.config, args.spec, cdi_dirs=args.cdi_dir or _default_cdi(),
-                         sysfs_root=args.sysfs)
+                         sysfs_root=args.sysfs, dev_root=args.dev_root)
+    for warning in inputs.warnings:
+        print(f"podplug: warning: {warning}", file=sys.stderr)
     result = plan(inputs.config, inputs.request, inputs.inventory,
                   hotplug=HotplugMode(args.hotplug), spare_floor=args.spare_window)
     if args.qemu:
@@ -160,7 +162,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             config, spec, sysfs = args.config, args.spec, args.sysfs
         inputs = load_inputs(config, spec, cdi_dirs=args.cdi_dir or _default_cdi(),
-                             sysfs_root=sysfs)
+                             sysfs_root=sysfs, dev_root=args.dev_root)
+        for warning in inputs.warnings:
+            progress(f"warning: {warning}")
         report = run(inputs, options)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
@@ -228,11 +232,12 @@ def _boot_ok(text: str) -> bool:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from podplug.doctor import Severity, diagnose, worst
+    from podplug.doctor import Finding, Severity, diagnose, worst
     from podplug.errors import ConfigError, UnsupportedPlatform
     from podplug.host.sysfs import scan_host
-    from podplug.inputs.cdi import apply_cdi, cdi_references, load_cdi_dirs
+    from podplug.inputs.cdi import cdi_references, load_cdi_dirs
     from podplug.inputs.kata import RuntimeConfig, apply_annotations, load_kata_config
+    from podplug.inputs.load import cdi_warnings, with_cdi
     from podplug.inputs.oci import load_oci_spec
     from podplug.matrix.kata_models import era_for_version
     from podplug.model.enums import HotplugMode
@@ -243,6 +248,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     except (ConfigError, UnsupportedPlatform) as exc:
         config = exc
     request = None
+    notes: tuple[str, ...] = ()
     if args.spec:
         request = load_oci_spec(args.spec)
         if isinstance(config, RuntimeConfig):
@@ -251,7 +257,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             except ConfigError as exc:
                 config = exc.with_path(args.spec)
         if cdi_references(request.annotations):
-            request = apply_cdi(request, load_cdi_dirs(args.cdi_dir or _default_cdi()))
+            registry = load_cdi_dirs(args.cdi_dir or _default_cdi())
+            notes = cdi_warnings(registry)
+            request = with_cdi(request, registry, args.dev_root)
     era = None
     if args.kata_version:
         try:
@@ -264,6 +272,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     findings = diagnose(config, request=request, inventory=inventory, era=era,
                         version=args.kata_version or "", hotplug=HotplugMode(args.hotplug),
                         qemu=qemu, spare_floor=args.spare_window)
+    findings += [Finding(Severity.WARNING, "cdi", note, "the reference library skips this file "
+                         "too: fix it or remove it") for note in notes]
     for f in findings:
         fix = f"  -> {f.fix}" if f.fix and f.severity >= Severity.WARNING else ""
         print(f"{f.severity.name:<7} {f.check:<12} {f.message}{fix}")
@@ -300,6 +310,9 @@ def _add_planning_options(sub: argparse.ArgumentParser) -> None:
     """The planning inputs plan, run and doctor share."""
     from podplug.plan.windows import DEFAULT_SPARE_WINDOW, size_text
 
+    sub.add_argument("--dev-root", default="/dev", metavar="DIR",
+                     help="the directory that stands for /dev, where CDI device nodes are "
+                     "completed from (default /dev)")
     sub.add_argument("--hotplug", choices=HOTPLUG_MODES, default="acpi", help=HOTPLUG_HELP)
     sub.add_argument("--spare-window", type=_window, default=DEFAULT_SPARE_WINDOW,
                      metavar="mem=SIZE,pref64=SIZE",

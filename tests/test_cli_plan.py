@@ -118,12 +118,17 @@ def test_cdi_annotation_adds_the_gpu(capsys: pytest.CaptureFixture[str], host: P
         'cdiVersion: "0.6.0"\nkind: nvidia.com/pgpu\ndevices:\n- name: "0"\n'
         "  containerEdits:\n    deviceNodes:\n    - path: /dev/vfio/12\n      type: c\n"
         "      major: 236\n      minor: 12\n")
+    (cdi / "broken.yaml").write_text('cdiVersion: "0.6.0"\nkind: other.com/gpu\ndevices:\n'
+                                     '- name: x\n  containerEdits: {}\n')
     spec = tmp_path / "config.json"
     spec.write_text(json.dumps({"annotations": {"cdi.k8s.io/vfio12": "nvidia.com/pgpu=0"},
                                 "linux": {"devices": []}}))
     code, out, err = run(capsys, "plan", "--config", str(NVIDIA), "--spec", str(spec),
                          "--sysfs", str(host), "--cdi-dir", str(cdi), "--format", "json")
     assert code == 0, err
+    # a broken spec file is skipped as the reference skips it, and said so
+    assert f"podplug: warning: CDI spec {cdi / 'broken.yaml'} skipped" in err
+    assert "empty edits" in err
     doc = json.loads(out)
     assert doc["devices"][0]["source"] == "nvidia.com/pgpu=0"
     assert doc["devices"][0]["bucket"] == "cold-vfio"

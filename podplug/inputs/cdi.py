@@ -1,87 +1,75 @@
-"""Container Device Interface (CDI) specs, spec version 1.1.0, and CDI device requests.
+"""Container Device Interface (CDI) specs and device requests, as the reference loads them.
 
-``cdi_schema/schema.json`` and ``cdi_schema/defs.json`` are verbatim copies of
-cncf-tags/container-device-interface ``schema/`` (spec 1.1.0, Apache-2.0).
+The reference is the Go library ``tags.cncf.io/container-device-interface`` at v1.1.0
+(spec 1.1.0), which Kata's Go runtime uses; its rules, read from ``pkg/cdi``,
+``pkg/parser`` and ``specs-go`` (the JSON schema of ``schema/`` is not part of loading there,
+so it is not here either):
 
-Pure: :func:`parse_cdi_spec` (one decoded document in, a :class:`CdiSpec` out),
-:func:`cdi_references`, :func:`apply_cdi` and :meth:`CdiRegistry.from_layers`. Shell:
-:func:`load_cdi_file` and :func:`load_cdi_dirs`, which read files and name them in errors.
+* decoding: :mod:`podplug.inputs.cdi_decode` (YAML 1.1 for every file, strict fields,
+  scalars into strings, duplicate keys refused);
+* then, in the reference's order, the first failure refusing the whole file:
 
-What is checked (``SPEC.md`` of the CDI repository):
+  1. ``cdiVersion``: one of the released versions (``v`` prefix allowed) and at least what
+     the fields in use need (``specs-go/version.go``): 0.3.0 for any spec, 0.4.0 a mount
+     ``type``, 0.5.0 a device name starting with a digit or a ``hostPath``, 0.6.0
+     annotations or a ``.`` in the class, 0.7.0 ``intelRdt`` or ``additionalGids``, 1.1.0
+     ``netDevices`` or ``intelRdt.schemata``/``enableMonitoring`` (so 0.1.0 and 0.2.0, though
+     known, never load);
+  2. ``kind`` = vendor ``/`` class, split at the first ``/``; vendor and class each start
+     with a letter, end with a letter or digit, and hold letters, digits, ``_ - .``
+     (``pkg/parser`` ``validateVendorOrClassName``; no length limit, no DNS rule; v1.1.0
+     crashes on a one-character vendor or class, so it is refused here);
+  3. annotations: not checked on load (the reference's check never runs on them);
+  4. the spec-level ``containerEdits`` (may be absent, null or empty);
+  5. each device: its name (starts and ends with a letter or digit, ``_ - . :`` inside, one
+     character is fine), its own edits, which must not be empty ("empty device edits"), and
+     their rules: ``env`` is ``NAME=value``; a device node has a ``path``, a ``type`` of
+     ``b c u p`` or none, ``permissions`` of the letters ``rwm``; a hook is one of six names
+     with a ``path``; a mount has both paths; a net device both names, none twice;
+     ``intelRdt.closID`` is not ``.``, ``..``, nor holds ``/`` (``/`` alone is) or a newline;
+  6. no device name twice; at least one device.
 
-1. The upstream JSON schema (draft-07). It requires ``cdiVersion``, ``kind``, ``devices`` and,
-   per device, ``name`` and ``containerEdits``, and checks value types. It does **not**
-   reject unknown fields (no ``additionalProperties: false``), does not know ``fileMode``,
-   and does not type-check ``env`` items (the schema says ``"ref"`` instead of ``"$ref"``).
-2. What the schema cannot say, from SPEC.md: an empty document fails; unknown fields fail
-   loading (as the reference Go loader's strict decoding does); ``cdiVersion`` must be a
-   released version at least as new as the fields in use need (hostPath 0.5.0, annotations
-   0.6.0, intelRdt/additionalGids 0.7.0, netDevices 1.1.0, ...); ``kind`` is
-   ``vendor.com/class`` (vendor a DNS subdomain, class alphanumeric with ``-_.`` inside, at
-   most 63 characters); ``devices`` is not empty, device names are unique and alphanumeric with
-   ``-_.:`` inside (a leading digit is allowed; ``:`` as the reference Go parser allows it,
-   e.g. ``nvidia.com/gpu=0:1`` for MIG); ``deviceNodes[].type`` is one of ``b c u p``,
-   ``permissions`` a subset of ``rwm`` or ``none``, ``fileMode`` a uint32; ``env`` entries
-   are ``NAME=value``.
+Files: a directory yields its regular files named ``*.json`` or ``*.yaml`` (exactly: not
+``.yml``, not symbolic links, not below it), in name order; later directories take precedence.
+A file that fails is recorded against that file and the others still load; two files of one
+directory defining the same device make it unavailable, with an error recorded for both,
+even when a later directory defines it too (``pkg/cdi/cache.go``).
 
-Only ``containerEdits.deviceNodes`` and ``env`` are modelled. ``mounts``, ``hooks``,
-``netDevices``, ``intelRdt``, ``additionalGids`` and annotations are validated but ignored:
-podplug places devices, it does not run the container.
+Requests: ``cdi.k8s.io/*`` annotations name devices ``vendor/class=name``;
+:func:`apply_cdi` adds each requested device's nodes (its spec's own edits once, first),
+completing each node from the host as the reference's ``fillMissingInfo`` does (see there).
+Only ``deviceNodes`` are modelled: env, mounts, hooks and the rest are validated and left
+alone, since podplug places devices and does not run the container.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from podplug.errors import CdiError
-
-if TYPE_CHECKING:  # jsonschema and yaml cost ~120 ms to import: only when a spec is read
-    from jsonschema import Draft7Validator
+from podplug.inputs.cdi_decode import decode_spec
 from podplug.model.enums import NodeType
 from podplug.model.request import ContainerDevice, ContainerRequest
 
 DEFAULT_CDI_DIRS: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
 CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
-SPEC_FILE_SUFFIXES = (".json", ".yaml", ".yml")
+SPEC_FILE_SUFFIXES = (".json", ".yaml")  # pkg/cdi/spec-dirs.go, case-sensitive
 
-# Released spec versions, oldest first (specs-go/version.go). 0.1.0 and 0.2.0 are accepted
-# as the reference implementation accepts them.
+#: released spec versions, oldest first (specs-go/version.go)
 KNOWN_CDI_VERSIONS = (
     "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0", "1.0.0", "1.1.0",
 )  # fmt: skip
-
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_VENDOR_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_CLASS_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
-_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?")
-_PERMISSIONS_NONE = "none"
-_UINT32_MAX = 2**32 - 1
-
-# Field names per object (specs-go/config.go): anything else is an unknown field.
-_SPEC_FIELDS = frozenset({"cdiVersion", "kind", "annotations", "devices", "containerEdits"})
-_DEVICE_FIELDS = frozenset({"name", "annotations", "containerEdits"})
-_EDITS_FIELDS = frozenset(
-    {"env", "deviceNodes", "netDevices", "hooks", "mounts", "intelRdt", "additionalGids"}
-)
-_NODE_FIELDS = frozenset(
-    {"path", "hostPath", "type", "major", "minor", "fileMode", "permissions", "uid", "gid"}
-)
-_LIST_ITEM_FIELDS = {
-    "deviceNodes": _NODE_FIELDS,
-    "mounts": frozenset({"hostPath", "containerPath", "options", "type"}),
-    "hooks": frozenset({"hookName", "path", "args", "env", "timeout"}),
-    "netDevices": frozenset({"hostInterfaceName", "name"}),
-}
-_RDT_FIELDS = frozenset({"closID", "l3CacheSchema", "memBwSchema", "schemata", "enableMonitoring"})
+HOOK_NAMES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+              "poststop")
+_VENDOR_OR_CLASS = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*[A-Za-z0-9]")
+_DEVICE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:-]*[A-Za-z0-9])?")
+_ASCII_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 
 # --------------------------------------------------------------------------------- values
@@ -100,6 +88,11 @@ class CdiDeviceNode:
     uid: int | None = None
     gid: int | None = None
     permissions: str | None = None
+
+    @property
+    def minimally_specified(self) -> bool:
+        """The reference's rule: a type, and a major number (or a FIFO)."""
+        return self.type is not None and (bool(self.major) or self.type is NodeType.FIFO)
 
 
 @dataclass(frozen=True)
@@ -144,35 +137,43 @@ class CdiSpec:
 
 @dataclass(frozen=True)
 class CdiRegistry:
-    """Every loaded CDI device by fully-qualified name, with the spec defining it."""
+    """Every loadable CDI device by fully-qualified name, with the spec defining it, and
+    the errors recorded against files (``pkg/cdi/cache.go``)."""
 
     entries: Mapping[str, tuple[CdiSpec, CdiDevice]] = field(default_factory=dict)
     searched: tuple[str, ...] = ()  # the directories it was loaded from, for messages
+    errors: tuple[tuple[str, str], ...] = ()  # (file, problem)
 
     @classmethod
     def from_layers(
-        cls, layers: Iterable[Iterable[CdiSpec]], *, searched: Sequence[str] = ()
+        cls, layers: Iterable[Iterable[CdiSpec]], *, searched: Sequence[str] = (),
+        errors: Sequence[tuple[str, str]] = (),
     ) -> CdiRegistry:
         """Build from specs grouped by directory, lowest priority first.
 
-        A later layer replaces a device of the same fully-qualified name; two specs of one
-        layer defining the same device is an error naming both.
+        A later layer replaces a device of the same fully-qualified name. Two specs of one
+        layer defining the same device: an error for each, and the device is removed once
+        every layer is in (so a later layer does not bring it back, as in the reference).
         """
         entries: dict[str, tuple[CdiSpec, CdiDevice]] = {}
+        problems = list(errors)
+        clashing: set[str] = set()
         for layer in layers:
             seen: dict[str, CdiSpec] = {}
             for spec in layer:
                 for device in spec.devices.values():
                     name = spec.qualified_name(device.name)
                     if name in seen:
-                        raise CdiError(
-                            name,
-                            f"defined by two CDI specs of one directory: "
-                            f"{seen[name].source} and {spec.source}",
-                        )
+                        clashing.add(name)
+                        for source in (seen[name].source, spec.source):
+                            problems.append((source, f"{name} is defined by both "
+                                             f"{seen[name].source} and {spec.source} in one "
+                                             "directory"))
                     seen[name] = spec
                     entries[name] = (spec, device)
-        return cls(MappingProxyType(entries), tuple(str(s) for s in searched))
+        for name in clashing:
+            entries.pop(name, None)
+        return cls(MappingProxyType(entries), tuple(str(s) for s in searched), tuple(problems))
 
     def resolve(self, name: str) -> tuple[CdiSpec, CdiDevice]:
         """The spec and device for ``vendor.com/class=name``."""
@@ -190,294 +191,251 @@ class CdiRegistry:
         else:
             hint = f"no CDI spec of kind {kind} is loaded"
         where = f" (searched {', '.join(self.searched)})" if self.searched else ""
-        raise CdiError(name, f"unknown CDI device; {hint}{where}")
+        related = [f"{source}: {why}" for source, why in self.errors]
+        more = f" and {len(related) - 3} more" if len(related) > 3 else ""
+        broken = f"; spec files refused: {' | '.join(related[:3])}{more}" if related else ""
+        raise CdiError(name, f"unresolvable CDI device; {hint}{where}{broken}")
 
 
-# --------------------------------------------------------------------------------- parsing
+# --------------------------------------------------------------------------------- rules
 
 
 def parse_cdi_spec(doc: object, *, source: str = "<memory>") -> CdiSpec:
-    """Validate one decoded CDI document and return its value. Raises :class:`CdiError`
-    whose ``subject`` is the JSON path of the (first) offending value."""
-    if doc is None or (isinstance(doc, Mapping) and not doc):
-        raise CdiError("$", "empty CDI spec: cdiVersion, kind and devices are required")
-    if not isinstance(doc, dict):
-        raise CdiError("$", f"a CDI spec must be an object, not {type(doc).__name__}")
-    _check_keys_are_strings(doc, [])
-    from jsonschema.exceptions import best_match
-
-    error = best_match(_validator().iter_errors(doc))
-    if error is not None:
-        raise CdiError(_json_path(error.absolute_path), _one_line(error.message))
-    _check_known_fields(doc)
-    kind: str = doc["kind"]
+    """Decode and validate one CDI document. Raises :class:`CdiError` whose ``subject`` is
+    the JSON path of the (first) offending value, in the reference's order of checks."""
+    spec = decode_spec(doc)
+    version = _check_version(spec)
+    kind = spec.get("kind", "")
     problem = _kind_problem(kind)
     if problem:
-        raise CdiError("kind", f"{kind!r} is not vendor.com/class: {problem}")
-    version = _check_version(doc)
-    raw_devices: list[dict[str, Any]] = doc["devices"]
-    if not raw_devices:
-        raise CdiError("devices", "a CDI spec must define at least one device")
+        raise CdiError("kind", f"{kind!r} is not vendor/class: {problem}")
+    spec_edits = _edits(spec.get("containerEdits", {}), "containerEdits")
     devices: dict[str, CdiDevice] = {}
-    for i, raw in enumerate(raw_devices):
-        name: str = raw["name"]
-        if not _NAME_RE.fullmatch(name):
-            raise CdiError(
-                f"devices[{i}].name",
-                f"{name!r} is not a device name: letters and digits, with - _ . : inside",
-            )
+    for i, raw in enumerate(spec.get("devices", [])):
+        name = raw.get("name", "")
+        where = f"devices[{i}]"
+        if not _DEVICE_NAME.fullmatch(name):
+            raise CdiError(f"{where}.name", f"{name!r} is not a device name: a letter or "
+                           "digit first and last, letters, digits, _ - . : inside")
+        edits = raw.get("containerEdits", {})
+        if not _edits_present(edits):
+            raise CdiError(f"{where}.containerEdits", f"device {name!r} has empty edits: a "
+                           "device must change something (nodes, env, mounts, hooks, ...)")
+        parsed = _edits(edits, f"{where}.containerEdits")
         if name in devices:
-            raise CdiError(f"devices[{i}].name", f"device {name!r} is defined twice")
-        devices[name] = CdiDevice(name, _parse_edits(raw["containerEdits"], f"devices[{i}]"))
-    return CdiSpec(
-        kind=kind,
-        cdi_version=version,
-        devices=MappingProxyType(devices),
-        spec_edits=_parse_edits(doc.get("containerEdits"), ""),
-        source=source,
-    )
-
-
-@lru_cache(maxsize=1)
-def _validator() -> Draft7Validator:
-    """The upstream schema, its ``defs.json#/definitions/...`` refs resolved offline."""
-    from jsonschema import Draft7Validator
-    from referencing import Registry
-    from referencing.jsonschema import DRAFT7
-
-    folder = resources.files("podplug.inputs").joinpath("cdi_schema")
-    schema = json.loads(folder.joinpath("schema.json").read_text(encoding="utf-8"))
-    defs = json.loads(folder.joinpath("defs.json").read_text(encoding="utf-8"))
-    registry: Registry[Any] = Registry().with_resource("defs.json", DRAFT7.create_resource(defs))
-    return Draft7Validator(schema, registry=registry)
-
-
-def _check_keys_are_strings(value: object, where: list[str | int]) -> None:
-    """YAML allows non-string keys (``1: x``); a CDI spec is JSON, so refuse them."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise CdiError(_json_path(where), f"key {key!r} is not a string")
-            _check_keys_are_strings(item, [*where, key])
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_keys_are_strings(item, [*where, i])
-
-
-def _check_known_fields(doc: Mapping[str, Any]) -> None:
-    _only(doc, "", _SPEC_FIELDS)
-    for i, device in enumerate(doc["devices"]):
-        _only(device, f"devices[{i}]", _DEVICE_FIELDS)
-    for where, edits in _all_edits(doc):
-        _only(edits, where, _EDITS_FIELDS)
-        for key, fields in _LIST_ITEM_FIELDS.items():
-            for j, item in enumerate(edits.get(key) or ()):
-                _only(item, f"{where}.{key}[{j}]", fields)
-        if edits.get("intelRdt") is not None:
-            _only(edits["intelRdt"], f"{where}.intelRdt", _RDT_FIELDS)
-
-
-def _only(obj: Mapping[str, Any], where: str, allowed: frozenset[str]) -> None:
-    for key in obj:
-        if key not in allowed:
-            path = f"{where}.{key}" if where else key
-            raise CdiError(path, f"unknown field; allowed: {', '.join(sorted(allowed))}")
-
-
-def _all_edits(doc: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """Every ``containerEdits`` object with its JSON path, spec level first."""
-    if doc.get("containerEdits") is not None:
-        yield "containerEdits", doc["containerEdits"]
-    for i, device in enumerate(doc["devices"]):
-        yield f"devices[{i}].containerEdits", device["containerEdits"]
+            raise CdiError(f"{where}.name", f"device {name!r} is defined twice")
+        devices[name] = CdiDevice(name, parsed)
+    if not devices:
+        raise CdiError("devices", "a CDI spec must define at least one device")
+    return CdiSpec(kind, version, MappingProxyType(devices), spec_edits, source)
 
 
 def _kind_problem(kind: str) -> str:
     vendor, slash, cls = kind.partition("/")
     if not slash or not vendor or not cls:
         return "expected a vendor and a class separated by '/'"
-    if len(vendor) > 253 or not _VENDOR_RE.fullmatch(vendor):
-        return f"vendor {vendor!r} is not a DNS subdomain (e.g. vendor.com)"
-    if len(cls) > 63 or not _CLASS_RE.fullmatch(cls):
-        return f"class {cls!r} must be letters and digits with - _ . inside, at most 63"
+    for part, what in ((vendor, "vendor"), (cls, "class")):
+        if not _VENDOR_OR_CLASS.fullmatch(part):
+            return (f"{what} {part!r} must start with a letter, end with a letter or digit, "
+                    "and hold only letters, digits, _ - . (two characters at least)")
     return ""
 
 
-def _check_version(doc: Mapping[str, Any]) -> str:
-    raw: str = doc["cdiVersion"]
+def _version_index(raw: str) -> int:
     version = raw.removeprefix("v")
     if version not in KNOWN_CDI_VERSIONS:
-        known = ", ".join(KNOWN_CDI_VERSIONS[2:])
+        known = ", ".join(KNOWN_CDI_VERSIONS)
         raise CdiError("cdiVersion", f"{raw!r} is not a released CDI version ({known})")
-    needed = max(_feature_versions(doc), key=lambda f: KNOWN_CDI_VERSIONS.index(f[0]))
-    if KNOWN_CDI_VERSIONS.index(needed[0]) > KNOWN_CDI_VERSIONS.index(version):
-        raise CdiError("cdiVersion", f"{raw} is too old: {needed[1]} needs at least {needed[0]}")
-    return version
+    return KNOWN_CDI_VERSIONS.index(version)
 
 
-def _feature_versions(doc: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+def _check_version(spec: Mapping[str, Any]) -> str:
+    raw = spec.get("cdiVersion", "")
+    index = _version_index(raw)
+    needed, reason = max(_feature_versions(spec), key=lambda f: KNOWN_CDI_VERSIONS.index(f[0]))
+    if KNOWN_CDI_VERSIONS.index(needed) > index:
+        raise CdiError("cdiVersion", f"{raw} is too old: {reason} needs at least {needed}")
+    return KNOWN_CDI_VERSIONS[index]
+
+
+def _all_edits(spec: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every ``containerEdits`` object with its JSON path, spec level first."""
+    yield "containerEdits", spec.get("containerEdits", {})
+    for i, device in enumerate(spec.get("devices", [])):
+        yield f"devices[{i}].containerEdits", device.get("containerEdits", {})
+
+
+def _feature_versions(spec: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     """(minimum version, the field needing it) for every versioned feature in use
-    (the table "Released versions" of SPEC.md)."""
+    (``specs-go/version.go`` ``requiredVersion``)."""
     yield "0.3.0", "the spec"
-    if "." in doc["kind"].partition("/")[2]:
+    if "." in spec.get("kind", "").partition("/")[2]:
         yield "0.6.0", "a dot in the class of kind"
-    if doc.get("annotations"):
+    if spec.get("annotations"):
         yield "0.6.0", "annotations"
-    for i, device in enumerate(doc["devices"]):
-        if device["name"][:1].isdigit():
+    for i, device in enumerate(spec.get("devices", [])):
+        if device.get("name", "")[:1].isdigit():
             yield "0.5.0", f"devices[{i}].name starting with a digit"
         if device.get("annotations"):
             yield "0.6.0", f"devices[{i}].annotations"
-    for where, edits in _all_edits(doc):
-        for j, node in enumerate(edits.get("deviceNodes") or ()):
+    for where, edits in _all_edits(spec):
+        for j, node in enumerate(edits.get("deviceNodes", [])):
             if node.get("hostPath"):
                 yield "0.5.0", f"{where}.deviceNodes[{j}].hostPath"
-        for j, mount in enumerate(edits.get("mounts") or ()):
+        for j, mount in enumerate(edits.get("mounts", [])):
             if mount.get("type"):
                 yield "0.4.0", f"{where}.mounts[{j}].type"
         if edits.get("additionalGids"):
             yield "0.7.0", f"{where}.additionalGids"
-        rdt = edits.get("intelRdt")
-        if rdt is not None:
+        if "intelRdt" in edits:
+            rdt = edits["intelRdt"]
             yield "0.7.0", f"{where}.intelRdt"
-            if rdt.get("schemata") is not None or rdt.get("enableMonitoring"):
+            if "schemata" in rdt or rdt.get("enableMonitoring"):
                 yield "1.1.0", f"{where}.intelRdt.schemata/enableMonitoring"
         if edits.get("netDevices"):
             yield "1.1.0", f"{where}.netDevices"
 
 
-def _parse_edits(raw: Mapping[str, Any] | None, where: str) -> ContainerEdits:
-    if raw is None:
-        return ContainerEdits()
-    prefix = f"{where}.containerEdits" if where else "containerEdits"
-    env = tuple(raw.get("env") or ())
+def _edits_present(edits: Mapping[str, Any]) -> bool:
+    """The reference's ``isEmpty``, negated: a list with items, or an ``intelRdt`` at all."""
+    return "intelRdt" in edits or any(edits.get(k) for k in (
+        "env", "deviceNodes", "hooks", "mounts", "additionalGids", "netDevices"))
+
+
+def _check_env(env: Iterable[str], where: str) -> None:
     for j, item in enumerate(env):
-        if not isinstance(item, str) or item.find("=") <= 0:
-            raise CdiError(f"{prefix}.env[{j}]", f"{item!r} is not NAME=value")
-    nodes = tuple(
-        _parse_node(node, f"{prefix}.deviceNodes[{j}]")
-        for j, node in enumerate(raw.get("deviceNodes") or ())
-    )
+        if item.find("=") <= 0:
+            raise CdiError(f"{where}[{j}]", f"{item!r} is not NAME=value")
+
+
+def _edits(raw: Mapping[str, Any], where: str) -> ContainerEdits:
+    env = tuple(raw.get("env", []))
+    _check_env(env, f"{where}.env")
+    nodes = tuple(_node(n, f"{where}.deviceNodes[{j}]")
+                  for j, n in enumerate(raw.get("deviceNodes", [])))
+    for j, hook in enumerate(raw.get("hooks", [])):
+        at = f"{where}.hooks[{j}]"
+        if hook.get("hookName") not in HOOK_NAMES:
+            raise CdiError(f"{at}.hookName", f"{hook.get('hookName', '')!r} is not a hook; "
+                           f"allowed: {', '.join(HOOK_NAMES)}")
+        if not hook.get("path"):
+            raise CdiError(f"{at}.path", "a hook needs a path")
+        _check_env(hook.get("env", []), f"{at}.env")
+    for j, mount in enumerate(raw.get("mounts", [])):
+        for key in ("hostPath", "containerPath"):
+            if not mount.get(key):
+                raise CdiError(f"{where}.mounts[{j}].{key}", "a mount needs both paths")
+    _check_net_devices(raw.get("netDevices", []), f"{where}.netDevices")
+    if "intelRdt" in raw:
+        closid = raw["intelRdt"].get("closID", "")
+        bad = closid != "/" and (len(closid) >= 4096 or closid in (".", "..")
+                                 or "/" in closid or "\n" in closid)
+        if bad:
+            raise CdiError(f"{where}.intelRdt.closID", f"{closid[:40]!r} is not a CLOS name")
     return ContainerEdits(device_nodes=nodes, env=env)
 
 
-def _parse_node(raw: Mapping[str, Any], where: str) -> CdiDeviceNode:
-    path: str = raw["path"]
+def _check_net_devices(devices: Sequence[Mapping[str, str]], where: str) -> None:
+    hosts: set[str] = set()
+    names: set[str] = set()
+    for j, dev in enumerate(devices):
+        host, name = dev.get("hostInterfaceName", ""), dev.get("name", "")
+        if not host or not name:
+            raise CdiError(f"{where}[{j}]", "a net device needs hostInterfaceName and name")
+        if host in hosts or name in names:
+            raise CdiError(f"{where}[{j}]", f"net device {host!r} -> {name!r} repeats a "
+                           "host interface or a name")
+        hosts.add(host)
+        names.add(name)
+
+
+def _node(raw: Mapping[str, Any], where: str) -> CdiDeviceNode:
+    path = raw.get("path", "")
     if not path:
-        raise CdiError(f"{where}.path", "must not be empty")
+        raise CdiError(f"{where}.path", "a device node needs a path")
     node_type: NodeType | None = None
     if raw.get("type"):
         allowed = [t.value for t in NodeType]
         if raw["type"] not in allowed:
             raise CdiError(f"{where}.type", f"{raw['type']!r}; allowed: {', '.join(allowed)}")
         node_type = NodeType(raw["type"])
-    permissions: str | None = raw.get("permissions") or None
-    if permissions not in (None, _PERMISSIONS_NONE) and set(permissions or "") - set("rwm"):
-        raise CdiError(f"{where}.permissions", f"{permissions!r}: use letters of rwm, or none")
-    file_mode = raw.get("fileMode")
-    if file_mode is not None and (
-        isinstance(file_mode, bool)
-        or not isinstance(file_mode, int)
-        or not 0 <= file_mode <= _UINT32_MAX
-    ):
-        problem = f"must be an integer 0..{_UINT32_MAX}, not {file_mode!r}"
-        raise CdiError(f"{where}.fileMode", problem)
+    permissions = raw.get("permissions")
+    if permissions and set(permissions) - set("rwm"):
+        raise CdiError(f"{where}.permissions", f"{permissions!r}: only the letters r w m")
     return CdiDeviceNode(
-        path=path,
-        host_path=raw.get("hostPath") or None,
-        type=node_type,
-        major=_device_number(raw, where, "major"),
-        minor=_device_number(raw, where, "minor"),
-        file_mode=file_mode,
-        uid=_opt_int(raw.get("uid")),
-        gid=_opt_int(raw.get("gid")),
-        permissions=permissions,
+        path=path, host_path=raw.get("hostPath") or None, type=node_type,
+        major=raw.get("major"), minor=raw.get("minor"), file_mode=raw.get("fileMode"),
+        uid=raw.get("uid"), gid=raw.get("gid"), permissions=permissions or None,
     )
-
-
-def _device_number(raw: Mapping[str, Any], where: str, key: str) -> int | None:
-    value = _opt_int(raw.get(key))
-    if value is not None and value < 0:
-        raise CdiError(f"{where}.{key}", f"must not be negative, not {value}")
-    return value
-
-
-def _opt_int(value: object) -> int | None:
-    """The schema has checked the type; draft-07 counts 1.0 as an integer."""
-    if value is None:
-        return None
-    assert isinstance(value, int | float)
-    return int(value)
-
-
-def _json_path(parts: Iterable[str | int]) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
-            out += f".{part}" if out else part
-        else:
-            out += f"[{json.dumps(part)}]"
-    return out or "$"
-
-
-def _one_line(message: str, limit: int = 200) -> str:
-    text = " ".join(message.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --------------------------------------------------------------------------------- files
 
 
-def load_cdi_file(path: str | os.PathLike[str]) -> CdiSpec:
-    """Read one spec file (``.json`` as JSON, anything else as YAML); errors name it."""
+def read_document(path: str | os.PathLike[str]) -> object:
+    """One spec file, decoded as the reference decodes any: YAML 1.1 (JSON being YAML),
+    duplicate keys and aliases refused (an alias is how YAML bombs are made; CDI specs have
+    no use for one). Errors name the file."""
     where = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise CdiError("$", f"cannot read the file: {reason}", path=where) from err
-    if not text.strip():
-        raise CdiError("$", "empty file", path=where)
-    import yaml
+    from podplug.inputs.strict_yaml import StrictYamlError, load_yaml
 
     try:
-        if Path(path).suffix == ".json":
-            doc: object = json.loads(text)
-        else:
-            doc = yaml.safe_load(text)
-    except json.JSONDecodeError as err:
-        problem = f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
-        raise CdiError("$", problem, path=where) from err
-    except yaml.YAMLError as err:
-        raise CdiError("$", f"invalid YAML: {_one_line(str(err))}", path=where) from err
+        return load_yaml(text)
+    except StrictYamlError as err:
+        raise CdiError("$", str(err), path=where) from err
+
+
+def load_cdi_file(path: str | os.PathLike[str]) -> CdiSpec:
+    """Read and validate one spec file; errors name it."""
+    where = str(path)
+    doc = read_document(path)
     try:
         return parse_cdi_spec(doc, source=where)
     except CdiError as err:
         raise CdiError(err.subject, err.problem, path=where) from err
 
 
-def load_cdi_dirs(dirs: Sequence[str | Path] = DEFAULT_CDI_DIRS) -> CdiRegistry:
-    """Load every ``*.json``/``*.yaml``/``*.yml`` file of each directory, in name order.
+def spec_files(folder: Path) -> list[Path]:
+    """The spec files of one directory, as the reference scans it: regular files (not
+    symbolic links) directly in it, named ``*.json`` or ``*.yaml``, in name order."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as err:
+        raise CdiError(str(folder), f"cannot list the directory: {err.strerror}") from err
+    out = []
+    for name in names:
+        candidate = folder / name
+        if not name.endswith(SPEC_FILE_SUFFIXES) or candidate.is_symlink():
+            continue
+        if candidate.is_file():
+            out.append(candidate)
+    return out
 
-    Later directories take precedence (``/var/run/cdi`` over ``/etc/cdi``). A missing
-    directory is skipped; a bad file is an error naming it.
-    """
+
+def load_cdi_dirs(dirs: Sequence[str | Path] = DEFAULT_CDI_DIRS) -> CdiRegistry:
+    """Load every spec file of each directory; later directories take precedence
+    (``/var/run/cdi`` over ``/etc/cdi``). A missing directory is skipped; a bad file is
+    recorded against it (``CdiRegistry.errors``) and the others still load."""
     layers: list[list[CdiSpec]] = []
+    errors: list[tuple[str, str]] = []
     for folder in map(Path, dirs):
         if not folder.exists():
             continue
         if not folder.is_dir():
             raise CdiError(str(folder), "is not a directory")
-        try:
-            files = sorted(
-                f for f in folder.iterdir() if f.suffix in SPEC_FILE_SUFFIXES and f.is_file()
-            )
-        except OSError as err:
-            raise CdiError(str(folder), f"cannot list the directory: {err.strerror}") from err
-        layers.append([load_cdi_file(f) for f in files])
-    return CdiRegistry.from_layers(layers, searched=[str(d) for d in dirs])
+        layer = []
+        for spec_file in spec_files(folder):
+            try:
+                layer.append(load_cdi_file(spec_file))
+            except CdiError as err:
+                errors.append((str(spec_file), f"{err.subject}: {err.problem}"))
+        layers.append(layer)
+    return CdiRegistry.from_layers(layers, searched=[str(d) for d in dirs], errors=errors)
 
 
 # --------------------------------------------------------------------------------- requests
@@ -497,11 +455,19 @@ def cdi_references(annotations: Mapping[str, str]) -> tuple[str, ...]:
             problem = _reference_problem(item)
             if problem:
                 raise CdiError(
-                    f"annotations[{json.dumps(key)}]",
-                    f"{item!r} is not a CDI device name (vendor.com/class=name): {problem}",
+                    f"annotations[{_quoted(key)}]",
+                    f"{_quoted(item)} is not a CDI device name (vendor.com/class=name): "
+                    f"{problem}",
                 )
             found.setdefault(item, None)
     return tuple(found)
+
+
+def _quoted(text: str) -> str:
+    """JSON-style quoting for messages: one line whatever the bytes."""
+    import json
+
+    return json.dumps(text)
 
 
 def _reference_problem(name: str) -> str:
@@ -511,46 +477,99 @@ def _reference_problem(name: str) -> str:
     problem = _kind_problem(kind)
     if problem:
         return problem
-    if not _NAME_RE.fullmatch(device):
-        return f"device name {device!r} must be letters and digits with - _ . : inside"
+    if not _DEVICE_NAME.fullmatch(device):
+        return f"device name {_quoted(device)} must be letters and digits with - _ . : inside"
     return ""
 
 
-def apply_cdi(request: ContainerRequest, registry: CdiRegistry) -> ContainerRequest:
-    """The request with the device nodes of every CDI device its annotations ask for.
+@dataclass(frozen=True)
+class HostNode:
+    """A host device node as ``lstat`` saw it (the reference reads it with ``Lstat``)."""
 
-    Per requested device, in :func:`cdi_references` order: the spec-level
-    ``containerEdits.deviceNodes`` (once per spec), then the device's own. A node whose
-    container ``path`` is already in the request is skipped, so an OCI ``linux.devices``
-    entry wins: by the time Kata sees ``config.json`` the container runtime has usually
-    injected the CDI edits already, with numbers taken from the host node. (The reference
-    injector replaces the entry instead; here the first one stays.)
+    type: NodeType
+    major: int
+    minor: int
+    mode: int  # permission bits
 
-    Missing fields get defaults, because podplug cannot ``stat`` the host node as CDI
-    tooling does: no ``type`` means char (every ``/dev/vfio/*`` node is one); no
-    ``major``/``minor`` means 0, and then ``host_path`` is set to ``hostPath`` or, failing
-    that, ``path`` (CDI's default), so the planner finds the node by path, not by a 0:0
-    number. With both numbers given and no ``hostPath``, ``host_path`` stays ``None``.
-    ``permissions`` has no place in :class:`ContainerDevice` and is dropped.
-    """
-    added: list[ContainerDevice] = []
-    taken = {device.path for device in request.devices}
+
+#: host path -> the node there, or why there is none (read by :mod:`podplug.host.devnodes`)
+HostNodes = Mapping[str, HostNode | str]
+
+
+def requested_nodes(request: ContainerRequest,
+                    registry: CdiRegistry) -> Iterator[tuple[str, CdiDeviceNode]]:
+    """(device name, node) for every node the request's CDI devices bring, in order: the
+    spec's own edits once, before its first requested device, then the device's."""
     specs_applied: set[tuple[str, str]] = set()
     for ref in cdi_references(request.annotations):
         spec, device = registry.resolve(ref)
-        nodes = device.edits.device_nodes
         if (spec.source, spec.kind) not in specs_applied:
             specs_applied.add((spec.source, spec.kind))
-            nodes = spec.spec_edits.device_nodes + nodes
-        for node in nodes:
-            if node.path not in taken:
-                taken.add(node.path)
-                added.append(_container_device(node, ref))
-    return replace(request, devices=request.devices + tuple(added))
+            for node in spec.spec_edits.device_nodes:
+                yield ref, node
+        for node in device.edits.device_nodes:
+            yield ref, node
+
+
+def host_paths(request: ContainerRequest, registry: CdiRegistry) -> tuple[str, ...]:
+    """The host nodes :func:`apply_cdi` will need to look at."""
+    return tuple(dict.fromkeys(node.host_path or node.path
+                               for _, node in requested_nodes(request, registry)))
+
+
+def complete_node(node: CdiDeviceNode, host: HostNode | str | None,
+                  device: str) -> CdiDeviceNode:
+    """The reference's ``fillMissingInfo``: ``hostPath`` defaults to ``path``; a node with
+    a type and a major number (or a FIFO) needs nothing from the host, though its file mode
+    is still taken from it when there; any other node takes its type, major and minor from
+    the host node (a given type must match it), so a host that lacks it refuses it.
+
+    :raises CdiError: naming the device and the node.
+    """
+    host_path = node.host_path or node.path
+    node = replace(node, host_path=host_path)
+    if not isinstance(host, HostNode):
+        if node.minimally_specified:
+            return node
+        why = host or "not looked up"
+        raise CdiError(device, f"host device node {host_path} (for {node.path}): {why}")
+    if node.file_mode is None:
+        node = replace(node, file_mode=host.mode)
+    if node.minimally_specified:
+        return node
+    if node.type is not None and node.type is not host.type:
+        raise CdiError(device, f"host device node {host_path} is of type {host.type.value}, "
+                       f"the spec says {node.type.value}")
+    node = replace(node, type=host.type)
+    if node.type is NodeType.FIFO or node.major:
+        return node
+    return replace(node, major=host.major, minor=host.minor)
+
+
+def apply_cdi(request: ContainerRequest, registry: CdiRegistry,
+              host: HostNodes) -> ContainerRequest:
+    """The request with the device nodes of every CDI device its annotations ask for,
+    each completed from ``host`` (:func:`complete_node`). A CDI node replaces an OCI
+    ``linux.devices`` entry of the same container path, in its place, as the reference's
+    ``Apply`` does; others are appended. ``permissions`` has no place in
+    :class:`ContainerDevice` and is dropped.
+
+    :raises CdiError: for an unknown device or a node the host cannot complete.
+    """
+    devices = list(request.devices)
+    index = {d.path: i for i, d in enumerate(devices)}
+    for ref, node in requested_nodes(request, registry):
+        done = complete_node(node, host.get(node.host_path or node.path), ref)
+        entry = _container_device(done, ref)
+        if done.path in index:
+            devices[index[done.path]] = entry
+        else:
+            index[done.path] = len(devices)
+            devices.append(entry)
+    return replace(request, devices=tuple(devices))
 
 
 def _container_device(node: CdiDeviceNode, source: str) -> ContainerDevice:
-    unnumbered = node.major is None
     return ContainerDevice(
         path=node.path,
         type=node.type or NodeType.CHAR,
@@ -559,6 +578,6 @@ def _container_device(node: CdiDeviceNode, source: str) -> ContainerDevice:
         file_mode=node.file_mode,
         uid=node.uid,
         gid=node.gid,
-        host_path=node.host_path or (node.path if unnumbered else None),
+        host_path=node.host_path,
         source=source,
     )
