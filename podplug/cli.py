@@ -240,7 +240,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from podplug.inputs.load import cdi_warnings, with_cdi
     from podplug.inputs.oci import load_oci_spec
     from podplug.matrix.kata_models import era_for_version
-    from podplug.model.enums import HotplugMode
+    from podplug.model.enums import HotplugMode, Hypervisor
 
     config: RuntimeConfig | ConfigError | UnsupportedPlatform
     try:
@@ -268,7 +268,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print(f"podplug: error: --kata-version: {exc}", file=sys.stderr)
             return 2
     inventory = scan_host(args.sysfs)
-    qemu = _probe(config, args.qemu) if isinstance(config, RuntimeConfig) else None
+    qemu = None  # podplug boots QEMU only: a Cloud Hypervisor plan is for checking
+    if isinstance(config, RuntimeConfig) and config.hypervisor.kind is Hypervisor.QEMU:
+        qemu = _probe(config, args.qemu)
     findings = diagnose(config, request=request, inventory=inventory, era=era,
                         version=args.kata_version or "", hotplug=HotplugMode(args.hotplug),
                         qemu=qemu, spare_floor=args.spare_window)

@@ -26,7 +26,7 @@ from enum import IntEnum
 from podplug.errors import ConfigError, PlanError, TopologyExhausted, UnsupportedPlatform
 from podplug.inputs.kata import RuntimeConfig
 from podplug.matrix.kata_models import KataEra, KataOutcome, select_devices
-from podplug.model.enums import Bucket, HotplugMode, NodeType, PortKind
+from podplug.model.enums import Bucket, HotplugMode, KataRuntime, NodeType, PortKind
 from podplug.model.host import HostInventory, PciFunction
 from podplug.model.qemu import QemuCapabilities, QemuFeature
 from podplug.model.request import ContainerDevice, ContainerRequest
@@ -312,7 +312,12 @@ def diagnose(config: RuntimeConfig | ConfigError | UnsupportedPlatform, *,
                         "fix the key named")]
     findings = [config_finding(config, hotplug)]
     findings += [Finding(Severity.INFO, "config", note) for note in config.notes]
-    if era is not None:
+    if era is not None and config.runtime is KataRuntime.RUST:
+        findings.append(Finding(Severity.INFO, "kata-version",
+                                f"Kata {version}: the release models describe the Go runtime; "
+                                "runtime-rs routes each device on its own and has no #11288 "
+                                "either/or selection"))
+    elif era is not None:
         findings += kata_findings(era, version, config, request)
     result = None
     if request is not None and inventory is not None:

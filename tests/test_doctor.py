@@ -165,3 +165,29 @@ def test_doctor_reports_the_configured_qemu(capsys: pytest.CaptureFixture[str],
                                             host: Path) -> None:
     code, out = doctor(capsys, "--sysfs", str(host))
     assert code == 0 and "qemu         /usr/bin/qemu-system-x86_64: QEMU " in out
+
+
+def test_doctor_says_one_true_thing_per_runtime_and_hypervisor(
+        capsys: pytest.CaptureFixture[str], host: Path) -> None:
+    from tests.support import KATA_MAIN
+
+    spec = str(DEMO / "spec.json")
+    clh = main(["doctor", "--config", str(KATA_MAIN / "go" / "configuration-clh.toml"),
+                "--spec", spec, "--sysfs", str(host)])
+    out = capsys.readouterr().out
+    assert clh == EXIT_DOCTOR_ERROR  # the GPU has no port: said once, with a hint that works
+    assert '("root-port") in [hypervisor.clh]' in out and "switch-port" not in out
+    assert " qemu " not in out  # podplug boots no Cloud Hypervisor: no binary to check
+    rs = main(["doctor", "--config",
+               str(KATA_MAIN / "rs" / "configuration-qemu-runtime-rs.toml"), "--spec", spec,
+               "--sysfs", str(host), "--kata-version", "3.16.0"])
+    out = capsys.readouterr().out
+    assert rs == EXIT_DOCTOR_ERROR
+    assert "the release models describe the Go runtime" in out
+    assert 'set cold_plug_vfio ("root-port") in [hypervisor.qemu]' in out
+    assert "fails to attach" not in out
+    fc = main(["doctor", "--config", str(KATA_MAIN / "go" / "configuration-fc.toml"),
+               "--spec", spec, "--sysfs", str(host)])
+    lines = capsys.readouterr().out.splitlines()
+    assert fc == EXIT_DOCTOR_ERROR and len(lines) == 2  # one finding, then the verdict
+    assert lines[0].startswith("ERROR   platform") and "'firecracker'" in lines[0]

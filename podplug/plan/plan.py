@@ -33,6 +33,7 @@ from podplug.model.enums import (
     Bucket,
     HotplugMode,
     Hypervisor,
+    KataRuntime,
     PortKind,
     VfioKind,
     VfioMode,
@@ -117,8 +118,12 @@ def plan(
     """
     _check_platform(config)
     hv = config.hypervisor
-    choice = PortChoice((PortKind.ROOT_PORT,), hv.section) if \
-        hv.kind is Hypervisor.CLOUD_HYPERVISOR else PortChoice(section=hv.section)
+    if config.runtime is KataRuntime.RUST:
+        choice = PortChoice((PortKind.ROOT_PORT,), hv.section, ("cold_plug_vfio",))
+    elif hv.kind is Hypervisor.CLOUD_HYPERVISOR:
+        choice = PortChoice((PortKind.ROOT_PORT,), hv.section)
+    else:
+        choice = PortChoice(section=hv.section)
     routed = _reject_repeats(route(request, inventory, vfio_mode=config.vfio_mode,
                                    cold=hv.cold_plug_vfio, hot=hv.hot_plug_vfio,
                                    hotplug=hotplug, choice=choice))

@@ -124,11 +124,12 @@ class PortChoice:
     ports: tuple[PortKind, ...] = (PortKind.ROOT_PORT, PortKind.SWITCH_PORT,
                                    PortKind.BRIDGE_PORT)
     section: str = "hypervisor.qemu"
+    keys: tuple[str, ...] = ("cold_plug_vfio", "hot_plug_vfio")  # runtime-rs: cold only
 
     def hint(self) -> str:
         names = [f'"{p.value}"' for p in self.ports]
         spelled = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
-        return f"set cold_plug_vfio or hot_plug_vfio ({spelled}) in [{self.section}]"
+        return f"set {' or '.join(self.keys)} ({spelled}) in [{self.section}]"
 
 
 def _route_vfio(
