@@ -235,10 +235,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from podplug.doctor import Finding, Severity, diagnose, worst
     from podplug.errors import ConfigError, UnsupportedPlatform
     from podplug.host.sysfs import scan_host
-    from podplug.inputs.cdi import cdi_references, load_cdi_dirs
-    from podplug.inputs.kata import RuntimeConfig, apply_annotations, load_kata_config
-    from podplug.inputs.load import cdi_warnings, with_cdi
-    from podplug.inputs.oci import load_oci_spec
+    from podplug.inputs.cdi import cdi_references
+    from podplug.inputs.kata import RuntimeConfig, apply_annotations
+    from podplug.inputs.load import (
+        cdi_warnings,
+        load_cdi_dirs,
+        load_kata_config,
+        load_oci_spec,
+        with_cdi,
+    )
     from podplug.matrix.kata_models import era_for_version
     from podplug.model.enums import HotplugMode, Hypervisor
 

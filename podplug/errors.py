@@ -33,9 +33,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from podplug.model.text import shown
+
 
 class PodplugError(Exception):
-    """Root of every error podplug raises on purpose."""
+    """Root of every error podplug raises on purpose. ``str()`` is always one line: any
+    control character a value brought in is escaped (:func:`podplug.model.text.shown`)."""
 
     exit_code = 1
 
@@ -44,7 +47,7 @@ class PodplugError(Exception):
         self.message = message
 
     def __str__(self) -> str:
-        return self.message
+        return shown(self.message, limit=2000)
 
 
 class InputError(PodplugError):
@@ -55,6 +58,12 @@ class InputError(PodplugError):
 
 def _allowed(allowed: Sequence[str]) -> str:
     return ", ".join(f'"{a}"' for a in allowed)
+
+
+def _value(value: object) -> str:
+    """A value the user wrote, as an error shows it: repr, bounded (a 5,000-digit number
+    or a megabyte string is cut)."""
+    return shown(repr(value), limit=240)
 
 
 class ConfigError(InputError):
@@ -84,7 +93,7 @@ class ConfigError(InputError):
 
     def _render(self) -> str:
         where = f"{self.path}: " if self.path else ""
-        shown = f" = {self.value!r}" if self.value is not None else ""
+        shown = f" = {_value(self.value)}" if self.value is not None else ""
         tail = f" (allowed: {_allowed(self.allowed)})" if self.allowed else ""
         return f"{where}{self.key}{shown}: {self.problem}{tail}"
 
@@ -118,6 +127,9 @@ class CdiError(InputError):
         self.path = path
         where = f"{path}: " if path else ""
         super().__init__(f"{where}{subject}: {problem}")
+
+    def with_path(self, path: str) -> CdiError:
+        return CdiError(self.subject, self.problem, path=path)
 
 
 class HostError(PodplugError):
@@ -160,7 +172,7 @@ class UnsupportedPlatform(PlanError):
         self.path = path
         where = f"{path}: " if path else ""
         super().__init__(
-            f"{where}{what} = {value!r}: podplug plans only {_allowed(allowed)}"
+            f"{where}{what} = {_value(value)}: podplug plans only {_allowed(allowed)}"
         )
 
     def with_path(self, path: str) -> UnsupportedPlatform:

@@ -25,9 +25,11 @@ fact comes from:
   target's basename, and a loop device's backing file is ``<root>/block/<name>/loop/
   backing_file`` (``sysfs-block-loop``).
 
-Symlinks are resolved lexically against ``root`` (``os.readlink`` plus path arithmetic), so
-a fake tree with relative links works anywhere, and a link that leads out of ``root`` is an
-error rather than a silent read of the real host.
+Every read goes through :class:`podplug.host.confined.Confined`: each path component is
+resolved below ``root`` (relative links followed while they stay inside, so a fake tree
+works anywhere; a link out, a FIFO, a device or a huge file where an attribute should be is
+an error, never a read of the real host or a wait), and errors quote at most a short
+excerpt. Numbers are ASCII digits only (a group named ``²`` is not group 2).
 
 Missing *mandatory* things (``root``, ``root/bus/pci/devices``, a function's ``vendor``,
 ``device``, ``class``, ``config`` or ``resource``) and malformed contents raise
@@ -38,20 +40,20 @@ Missing *mandatory* things (``root``, ``root/bus/pci/devices``, a function's ``v
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from pathlib import Path
 
 from podplug.errors import HostError
+from podplug.host.confined import Confined
 from podplug.model.host import Bar, BlockNode, CharNode, HostInventory, PciFunction
 from podplug.model.pci import Bdf
+from podplug.model.text import is_ascii_digits, shown
 
 PCI_CONFIG_SPACE_SIZE = 256  # conventional PCI; PCIe functions expose 4096 bytes
 BAR_COUNT = 6  # standard BARs: the first six lines of ``resource``
-_MAX_LINKS = 40  # like the kernel's MAXSYMLINKS
 _HEX = re.compile(r"^0x[0-9a-fA-F]+$")
-_DEV_T = re.compile(r"^(\d+):(\d+)$")
+_DEV_T = re.compile(r"^([0-9]{1,9}):([0-9]{1,9})$")
 _RESOURCE_LINE = re.compile(r"^(0x[0-9a-fA-F]+)\s+(0x[0-9a-fA-F]+)\s+(0x[0-9a-fA-F]+)$")
 
 
@@ -60,14 +62,15 @@ def scan_host(sysfs_root: str | Path = "/sys") -> HostInventory:
     root = os.path.abspath(os.fspath(sysfs_root))
     if not os.path.isdir(root):
         raise HostError(root, "sysfs root is not a directory")
-    groups = _scan_iommu_groups(root)
-    functions = _scan_pci_functions(root)
+    tree = Confined(root)
+    groups = _scan_iommu_groups(tree)
+    functions = _scan_pci_functions(tree)
     _check_group_links(root, functions, groups)
     return HostInventory(
         functions=functions,
         iommu_groups=groups,
-        block_nodes=_scan_block_nodes(root),
-        char_nodes=_scan_char_nodes(root),
+        block_nodes=_scan_block_nodes(tree),
+        char_nodes=_scan_char_nodes(tree),
         sysfs_root=root,
     )
 
@@ -75,86 +78,83 @@ def scan_host(sysfs_root: str | Path = "/sys") -> HostInventory:
 # --- PCI functions ---------------------------------------------------------------------
 
 
-def _scan_pci_functions(root: str) -> dict[Bdf, PciFunction]:
-    base = os.path.join(root, "bus", "pci", "devices")
-    if not os.path.isdir(base):
+def _scan_pci_functions(tree: Confined) -> dict[Bdf, PciFunction]:
+    base = os.path.join(tree.root, "bus", "pci", "devices")
+    if not tree.isdir(base):
         raise HostError(base, "no PCI bus directory in sysfs")
     found: dict[Bdf, PciFunction] = {}
-    for name in _list_dir(base):
+    for name in tree.listdir(base):
         entry = os.path.join(base, name)
         bdf = _parse_bdf(entry, name)
-        found[bdf] = _read_function(bdf, _resolve(root, entry))
+        found[bdf] = _read_function(tree, bdf, tree.resolve(entry))
     return dict(sorted(found.items()))
 
 
-def _read_function(bdf: Bdf, directory: str) -> PciFunction:
-    config = os.path.join(directory, "config")
-    try:
-        config_size = os.stat(config).st_size
-    except OSError as exc:
-        raise HostError(config, f"cannot stat: {exc.strerror}") from exc
+def _read_function(tree: Confined, bdf: Bdf, directory: str) -> PciFunction:
     return PciFunction(
         bdf=bdf,
-        vendor=_read_hex(os.path.join(directory, "vendor")),
-        device=_read_hex(os.path.join(directory, "device")),
-        class_code=_read_hex(os.path.join(directory, "class")),
-        is_pcie=config_size > PCI_CONFIG_SPACE_SIZE,
-        bars=_parse_resource(os.path.join(directory, "resource")),
-        driver=_link_basename(os.path.join(directory, "driver")),
-        numa_node=_read_numa_node(os.path.join(directory, "numa_node")),
-        iommu_group=_read_group_link(os.path.join(directory, "iommu_group")),
+        vendor=_read_hex(tree, os.path.join(directory, "vendor")),
+        device=_read_hex(tree, os.path.join(directory, "device")),
+        class_code=_read_hex(tree, os.path.join(directory, "class")),
+        is_pcie=tree.size(os.path.join(directory, "config")) > PCI_CONFIG_SPACE_SIZE,
+        bars=_parse_resource(tree, os.path.join(directory, "resource")),
+        driver=tree.link_basename(os.path.join(directory, "driver")),
+        numa_node=_read_numa_node(tree, os.path.join(directory, "numa_node")),
+        iommu_group=_read_group_link(tree, os.path.join(directory, "iommu_group")),
     )
 
 
-def _parse_resource(path: str) -> tuple[Bar, ...]:
+def _parse_resource(tree: Confined, path: str) -> tuple[Bar, ...]:
     """BAR0..5 with non-zero size, from the first six lines of ``resource``."""
     bars: list[Bar] = []
-    for index, line in enumerate(_read_text(path).splitlines()[:BAR_COUNT]):
+    for index, line in enumerate(tree.read(path).splitlines()[:BAR_COUNT]):
         match = _RESOURCE_LINE.match(line.strip())
         if match is None:
-            raise HostError(path, f"line {index + 1} is not '0xSTART 0xEND 0xFLAGS': {line!r}")
+            raise HostError(path, f"line {index + 1} is not '0xSTART 0xEND 0xFLAGS': "
+                            f"{shown(line, 60)}")
         start, end, flags = (int(group, 16) for group in match.groups())
         if start == 0 and end == 0:
             continue
         if end < start:
-            raise HostError(path, f"line {index + 1} ends before it starts: {line!r}")
+            raise HostError(path, f"line {index + 1} ends before it starts: {shown(line, 60)}")
         bars.append(Bar(index=index, size=end - start + 1, flags=flags))
     return tuple(bars)
 
 
-def _read_numa_node(path: str) -> int | None:
-    text = _read_optional_text(path)
+def _read_numa_node(tree: Confined, path: str) -> int | None:
+    text = tree.optional(path)
     if text is None:
         return None
-    try:
-        node = int(text.strip())
-    except ValueError as exc:
-        raise HostError(path, f"expected a decimal NUMA node, got {text.strip()!r}") from exc
+    value = text.strip()
+    if not (value == "-1" or is_ascii_digits(value)) or len(value) > 9:
+        raise HostError(path, f"expected a decimal NUMA node, got {shown(value, 40)}")
+    node = int(value)
     return None if node < 0 else node
 
 
-def _read_group_link(path: str) -> int | None:
-    name = _link_basename(path)
+def _read_group_link(tree: Confined, path: str) -> int | None:
+    name = tree.link_basename(path)
     if name is None:
         return None
-    if not name.isdigit():
-        raise HostError(path, f"links to {name!r}, not to a numbered IOMMU group")
+    if not is_ascii_digits(name) or len(name) > 9:
+        raise HostError(path, f"links to {shown(name, 40)}, not to a numbered IOMMU group")
     return int(name)
 
 
 # --- IOMMU groups ----------------------------------------------------------------------
 
 
-def _scan_iommu_groups(root: str) -> dict[int, tuple[Bdf, ...]]:
-    base = os.path.join(root, "kernel", "iommu_groups")
-    if not os.path.isdir(base):
+def _scan_iommu_groups(tree: Confined) -> dict[int, tuple[Bdf, ...]]:
+    base = os.path.join(tree.root, "kernel", "iommu_groups")
+    if not tree.isdir(base):
         return {}
     groups: dict[int, tuple[Bdf, ...]] = {}
-    for name in _list_dir(base):
-        if not name.isdigit():
-            raise HostError(os.path.join(base, name), "IOMMU group name is not a number")
+    for name in tree.listdir(base):
+        if not is_ascii_digits(name) or len(name) > 9:
+            raise HostError(os.path.join(base, shown(name, 40)),
+                            "IOMMU group name is not a number")
         devices = os.path.join(base, name, "devices")
-        members = [_parse_bdf(os.path.join(devices, b), b) for b in _list_dir(devices)]
+        members = [_parse_bdf(os.path.join(devices, b), b) for b in tree.listdir(devices)]
         groups[int(name)] = tuple(sorted(members))
     return dict(sorted(groups.items()))
 
@@ -175,18 +175,18 @@ def _check_group_links(
 # --- character and block nodes ---------------------------------------------------------
 
 
-def _scan_char_nodes(root: str) -> dict[tuple[int, int], CharNode]:
-    base = os.path.join(root, "dev", "char")
-    if not os.path.isdir(base):
+def _scan_char_nodes(tree: Confined) -> dict[tuple[int, int], CharNode]:
+    base = os.path.join(tree.root, "dev", "char")
+    if not tree.isdir(base):
         return {}
     nodes: dict[tuple[int, int], CharNode] = {}
-    for name in _list_dir(base):
+    for name in tree.listdir(base):
         entry = os.path.join(base, name)
         major, minor = _parse_dev_t(entry, name)
-        target = _resolve(root, entry)
+        target = tree.resolve(entry)
         if not _may_be_vfio_node(target):
             continue
-        devname = _uevent_devname(os.path.join(target, "uevent"))
+        devname = _uevent_devname(tree, os.path.join(target, "uevent"))
         if devname is None or not (devname.startswith("vfio/") or devname == "iommu"):
             continue
         bdf = _cdev_function(target) if devname.startswith("vfio/devices/") else None
@@ -218,24 +218,24 @@ def _cdev_function(target: str) -> Bdf | None:
         return None  # a non-PCI VFIO device (platform, mdev): no function to name
 
 
-def _scan_block_nodes(root: str) -> dict[tuple[int, int], BlockNode]:
-    base = os.path.join(root, "dev", "block")
-    if not os.path.isdir(base):
+def _scan_block_nodes(tree: Confined) -> dict[tuple[int, int], BlockNode]:
+    base = os.path.join(tree.root, "dev", "block")
+    if not tree.isdir(base):
         return {}
     nodes: dict[tuple[int, int], BlockNode] = {}
-    for name in _list_dir(base):
+    for name in tree.listdir(base):
         entry = os.path.join(base, name)
         major, minor = _parse_dev_t(entry, name)
-        kernel_name = os.path.basename(_resolve(root, entry))
-        block_dir = _resolve(root, os.path.join(root, "block", kernel_name))
-        backing = _read_optional_text(os.path.join(block_dir, "loop", "backing_file"))
+        kernel_name = os.path.basename(tree.resolve(entry))
+        block_dir = tree.resolve(os.path.join(tree.root, "block", kernel_name))
+        backing = tree.optional(os.path.join(block_dir, "loop", "backing_file"))
         backing = backing.rstrip("\n") if backing is not None else None
         nodes[(major, minor)] = BlockNode(major, minor, kernel_name, backing or None)
     return dict(sorted(nodes.items()))
 
 
-def _uevent_devname(path: str) -> str | None:
-    text = _read_optional_text(path)
+def _uevent_devname(tree: Confined, path: str) -> str | None:
+    text = tree.optional(path)
     if text is None:
         return None
     for line in text.splitlines():
@@ -245,62 +245,13 @@ def _uevent_devname(path: str) -> str | None:
     return None
 
 
-# --- small readers ---------------------------------------------------------------------
+# --- small parsers ---------------------------------------------------------------------
 
 
-def _resolve(root: str, path: str) -> str:
-    """Follow ``path`` while it is a symlink, by path arithmetic, never leaving ``root``."""
-    current = path
-    for _ in range(_MAX_LINKS):
-        try:
-            target = os.readlink(current)
-        except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.ENOENT):
-                return current  # not a link (or absent: the read that follows will say so)
-            raise HostError(current, f"cannot read symlink: {exc.strerror}") from exc
-        following = os.path.normpath(os.path.join(os.path.dirname(current), target))
-        if os.path.commonpath([root, following]) != root:
-            raise HostError(current, f"symlink to {target!r} leaves the sysfs root {root}")
-        current = following
-    raise HostError(path, "too many levels of symbolic links")
-
-
-def _link_basename(path: str) -> str | None:
-    """The basename of an optional symlink's target (``driver``, ``iommu_group``)."""
-    try:
-        target = os.readlink(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise HostError(path, f"expected a symlink: {exc.strerror}") from exc
-    return os.path.basename(os.path.normpath(target))
-
-
-def _list_dir(path: str) -> list[str]:
-    try:
-        return sorted(os.listdir(path))
-    except OSError as exc:
-        raise HostError(path, f"cannot list directory: {exc.strerror}") from exc
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise HostError(path, f"cannot read: {exc.strerror}") from exc
-
-
-def _read_optional_text(path: str) -> str | None:
-    if not os.path.lexists(path):
-        return None
-    return _read_text(path)
-
-
-def _read_hex(path: str) -> int:
-    text = _read_text(path).strip()
-    if not _HEX.match(text):
-        raise HostError(path, f"expected hex text like 0x10de, got {text!r}")
+def _read_hex(tree: Confined, path: str) -> int:
+    text = tree.read(path).strip()
+    if not _HEX.match(text) or len(text) > 18:
+        raise HostError(path, f"expected hex text like 0x10de, got {shown(text, 40)}")
     return int(text, 16)
 
 
@@ -308,11 +259,11 @@ def _parse_bdf(path: str, name: str) -> Bdf:
     try:
         return Bdf.parse(name)
     except ValueError as exc:
-        raise HostError(path, f"not a PCI address (DDDD:BB:DD.F): {name!r}") from exc
+        raise HostError(path, f"not a PCI address (DDDD:BB:DD.F): {shown(name, 40)}") from exc
 
 
 def _parse_dev_t(path: str, name: str) -> tuple[int, int]:
     match = _DEV_T.match(name)
     if match is None:
-        raise HostError(path, f"not a MAJOR:MINOR device number: {name!r}")
+        raise HostError(path, f"not a MAJOR:MINOR device number: {shown(name, 40)}")
     return int(match.group(1)), int(match.group(2))

@@ -44,11 +44,9 @@ alone, since podplug places devices and does not run the container.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -369,73 +367,16 @@ def _node(raw: Mapping[str, Any], where: str) -> CdiDeviceNode:
     )
 
 
-# --------------------------------------------------------------------------------- files
-
-
-def read_document(path: str | os.PathLike[str]) -> object:
-    """One spec file, decoded as the reference decodes any: YAML 1.1 (JSON being YAML),
-    duplicate keys and aliases refused (an alias is how YAML bombs are made; CDI specs have
-    no use for one). Errors name the file."""
-    where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise CdiError("$", f"cannot read the file: {reason}", path=where) from err
+def parse_cdi_text(text: str, *, source: str = "<memory>") -> CdiSpec:
+    """Decode one spec's text as the reference decodes any file: YAML 1.1 (JSON being
+    YAML), duplicate keys and aliases refused (:mod:`podplug.inputs.strict_yaml`)."""
     from podplug.inputs.strict_yaml import StrictYamlError, load_yaml
 
     try:
-        return load_yaml(text)
+        doc = load_yaml(text)
     except StrictYamlError as err:
-        raise CdiError("$", str(err), path=where) from err
-
-
-def load_cdi_file(path: str | os.PathLike[str]) -> CdiSpec:
-    """Read and validate one spec file; errors name it."""
-    where = str(path)
-    doc = read_document(path)
-    try:
-        return parse_cdi_spec(doc, source=where)
-    except CdiError as err:
-        raise CdiError(err.subject, err.problem, path=where) from err
-
-
-def spec_files(folder: Path) -> list[Path]:
-    """The spec files of one directory, as the reference scans it: regular files (not
-    symbolic links) directly in it, named ``*.json`` or ``*.yaml``, in name order."""
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError as err:
-        raise CdiError(str(folder), f"cannot list the directory: {err.strerror}") from err
-    out = []
-    for name in names:
-        candidate = folder / name
-        if not name.endswith(SPEC_FILE_SUFFIXES) or candidate.is_symlink():
-            continue
-        if candidate.is_file():
-            out.append(candidate)
-    return out
-
-
-def load_cdi_dirs(dirs: Sequence[str | Path] = DEFAULT_CDI_DIRS) -> CdiRegistry:
-    """Load every spec file of each directory; later directories take precedence
-    (``/var/run/cdi`` over ``/etc/cdi``). A missing directory is skipped; a bad file is
-    recorded against it (``CdiRegistry.errors``) and the others still load."""
-    layers: list[list[CdiSpec]] = []
-    errors: list[tuple[str, str]] = []
-    for folder in map(Path, dirs):
-        if not folder.exists():
-            continue
-        if not folder.is_dir():
-            raise CdiError(str(folder), "is not a directory")
-        layer = []
-        for spec_file in spec_files(folder):
-            try:
-                layer.append(load_cdi_file(spec_file))
-            except CdiError as err:
-                errors.append((str(spec_file), f"{err.subject}: {err.problem}"))
-        layers.append(layer)
-    return CdiRegistry.from_layers(layers, searched=[str(d) for d in dirs], errors=errors)
+        raise CdiError("$", str(err)) from err
+    return parse_cdi_spec(doc, source=source)
 
 
 # --------------------------------------------------------------------------------- requests

@@ -1,7 +1,7 @@
 """Kata Containers ``configuration.toml``: the keys that decide where devices go.
 
-Pure: a parsed TOML mapping in, a :class:`RuntimeConfig` out. :func:`load_kata_config` is the
-thin file loader that adds the path to errors.
+Pure: TOML text (:func:`parse_kata_text`) or a parsed mapping (:func:`parse_kata_config`)
+in, a :class:`RuntimeConfig` out; files are read by :mod:`podplug.inputs.load`.
 
 Keys read (``src/runtime/pkg/katautils/config.go``; research ``kata-devices.md`` §2):
 
@@ -52,11 +52,11 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TypeVar
 
 from podplug.errors import ConfigError, UnsupportedPlatform
 from podplug.model.enums import BlockDriver, Hypervisor, KataRuntime, PortKind, VfioMode
+from podplug.model.text import parse_uint
 
 MAX_PCIE_ROOT_PORTS = 16  # Kata maxPCIeRootPort ("Limitation from QEMU": IO space)
 MAX_PCIE_SWITCH_PORTS = 16  # Kata maxPCIeSwitchPort
@@ -277,8 +277,15 @@ def validate_ports(hv: HypervisorConfig, *, prefix: str = "") -> None:
                                   value=port.value, allowed=[p.value for p in _CLH_PORTS])
 
 
-def _annotation_enabled(patterns: tuple[str, ...], suffix: str) -> bool:
-    return any(re.fullmatch(p, suffix) for p in patterns)
+def _annotation_enabled(patterns: tuple[str, ...], suffix: str, section: str) -> bool:
+    for pattern in patterns:
+        try:
+            if re.fullmatch(pattern, suffix):
+                return True
+        except re.error as exc:
+            raise ConfigError(f"{section}.enable_annotations", f"not a regular expression "
+                              f"({exc})", value=pattern) from exc
+    return False
 
 
 def apply_annotations(config: RuntimeConfig, annotations: Mapping[str, str]) -> RuntimeConfig:
@@ -291,7 +298,7 @@ def apply_annotations(config: RuntimeConfig, annotations: Mapping[str, str]) -> 
     given = {s: annotations[ANNOTATION_PREFIX + s] for s in known
              if ANNOTATION_PREFIX + s in annotations}
     for suffix in given:
-        if not _annotation_enabled(hv.enable_annotations, suffix):
+        if not _annotation_enabled(hv.enable_annotations, suffix, hv.section):
             raise ConfigError(
                 ANNOTATION_PREFIX + suffix,
                 f'annotation is not enabled: add "{suffix}" to [{hv.section}] enable_annotations',
@@ -319,28 +326,22 @@ def apply_annotations(config: RuntimeConfig, annotations: Mapping[str, str]) -> 
 
 
 def _annotation_count(suffix: str, raw: str, limit: int) -> int:
+    """Kata reads these with ``strconv.ParseUint(value, 10, 32)``: ASCII digits only."""
     key = ANNOTATION_PREFIX + suffix
     try:
-        count = int(raw)
+        count = parse_uint(raw, 32)
     except ValueError as exc:
-        raise ConfigError(key, "must be an integer", value=raw) from exc
+        raise ConfigError(key, f"must be a count: {exc}") from exc
     return _count(key, count, limit) if count > 0 else 0
 
 
-def load_kata_config(path: str | Path) -> RuntimeConfig:
-    """Read and parse a Kata ``configuration.toml``; errors name the file.
-
-    :raises ConfigError: for unreadable or invalid files and invalid keys.
-    """
-    text_path = str(path)
+def parse_kata_text(text: str) -> RuntimeConfig:
+    """Parse the text of a ``configuration.toml``: any text gives a config or a podplug
+    error (TOML syntax, a number too long for Python to convert, nesting too deep)."""
     try:
-        with open(path, "rb") as handle:
-            doc = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError("(file)", f"cannot read: {exc.strerror}", path=text_path) from exc
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("(toml)", f"not valid TOML: {exc}", path=text_path) from exc
-    try:
-        return parse_kata_config(doc)
-    except (ConfigError, UnsupportedPlatform) as exc:
-        raise exc.with_path(text_path) from exc
+        raise ConfigError("(toml)", f"not valid TOML: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError("(toml)", f"not TOML podplug can read: {exc}") from exc
+    return parse_kata_config(doc)

@@ -1,12 +1,13 @@
 """The OCI runtime spec (``config.json``): the container's device nodes and annotations.
 
-Pure: :func:`parse_oci_spec` takes the decoded JSON mapping and returns a
-:class:`~podplug.model.request.ContainerRequest`. :func:`load_oci_spec` is the thin loader
-that reads the file and names it in errors.
+Pure: :func:`parse_oci_text` (text) and :func:`parse_oci_spec` (the decoded mapping) return
+a :class:`~podplug.model.request.ContainerRequest`; files are read by
+:mod:`podplug.inputs.load`.
 
 Fields read (opencontainers/runtime-spec ``config-linux.md``, "Devices"):
 
-* ``linux.devices[]``: ``path`` (absolute path in the container, required), ``type``
+* ``linux.devices[]``: ``path`` (absolute and normal, the one canonical form of
+  :func:`podplug.model.text.path_problem`, required, each path once), ``type``
   (``c`` | ``u`` | ``b`` | ``p``, required), ``major`` / ``minor`` (required except for
   ``p``, where absence means 0), and the optional ``fileMode``, ``uid`` and ``gid``.
   No ``linux`` or no ``devices`` means no devices.
@@ -22,13 +23,12 @@ path such as ``linux.devices[2].type`` and whose problem says what is allowed.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from podplug.errors import SpecError
 from podplug.model.enums import ContainerType, NodeType
 from podplug.model.request import ContainerDevice, ContainerRequest
+from podplug.model.text import path_problem, shown
 
 CONTAINERD_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"
 CRIO_TYPE_ANNOTATION = "io.kubernetes.cri-o.ContainerType"
@@ -52,25 +52,18 @@ def parse_oci_spec(doc: Mapping[str, object]) -> ContainerRequest:
     )
 
 
-def load_oci_spec(path: str | os.PathLike[str]) -> ContainerRequest:
-    """Read ``config.json`` at ``path``; every error names the file."""
-    where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise SpecError("$", f"cannot read the file: {_os_reason(err)}", path=where) from err
+def parse_oci_text(text: str) -> ContainerRequest:
+    """Parse the text of a ``config.json``: any text gives a request or a podplug error."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as err:
         raise SpecError(
-            "$", f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}", path=where
-        ) from err
+            "$", f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+    except (ValueError, RecursionError) as err:
+        raise SpecError("$", f"not JSON podplug can read: {err}") from err
     if not isinstance(doc, dict):
-        raise SpecError("$", f"must be a JSON object, not {_json_type(doc)}", path=where)
-    try:
-        return parse_oci_spec(doc)
-    except SpecError as err:
-        raise err.with_path(where) from err
+        raise SpecError("$", f"must be a JSON object, not {_json_type(doc)}")
+    return parse_oci_spec(doc)
 
 
 def _parse_devices(linux: object) -> tuple[ContainerDevice, ...]:
@@ -83,20 +76,29 @@ def _parse_devices(linux: object) -> tuple[ContainerDevice, ...]:
         return ()
     if not isinstance(devices, list):
         raise SpecError("linux.devices", f"must be a list, not {_json_type(devices)}")
-    return tuple(_parse_device(f"linux.devices[{i}]", d) for i, d in enumerate(devices))
+    parsed = tuple(_parse_device(f"linux.devices[{i}]", d) for i, d in enumerate(devices))
+    first: dict[str, int] = {}
+    for i, device in enumerate(parsed):
+        if device.path in first:
+            raise SpecError(f"linux.devices[{i}].path", f"{shown(device.path)} is also "
+                            f"linux.devices[{first[device.path]}]: a container path is one node")
+        first[device.path] = i
+    return parsed
 
 
 def _parse_device(where: str, entry: object) -> ContainerDevice:
     if not isinstance(entry, Mapping):
         raise SpecError(where, f"must be an object, not {_json_type(entry)}")
     path = entry.get("path")
-    if not isinstance(path, str) or not path.startswith("/"):
-        problem = "is required" if path is None else f"must be an absolute path, not {path!r}"
+    if not isinstance(path, str):
+        problem = "is required" if path is None else f"must be a string, not {_json_type(path)}"
         raise SpecError(f"{where}.path", problem)
+    if problem := path_problem(path):
+        raise SpecError(f"{where}.path", f"{shown(path, 80)} {problem}")
     raw_type = entry.get("type")
     if raw_type not in _NODE_TYPES:
-        shown = "is required" if raw_type is None else f"is {raw_type!r}"
-        raise SpecError(f"{where}.type", f"{shown}; allowed: {', '.join(_NODE_TYPES)}")
+        given = "is required" if raw_type is None else f"is {shown(repr(raw_type), 40)}"
+        raise SpecError(f"{where}.type", f"{given}; allowed: {', '.join(_NODE_TYPES)}")
     node_type = NodeType(raw_type)
     required = node_type is not NodeType.FIFO
     return ContainerDevice(
@@ -179,7 +181,3 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
-def _os_reason(err: OSError | UnicodeDecodeError) -> str:
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return str(err)

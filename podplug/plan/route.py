@@ -32,6 +32,7 @@ from podplug.model.enums import Bucket, HotplugMode, NodeType, PortKind, VfioKin
 from podplug.model.host import BlockNode, HostInventory, PciFunction
 from podplug.model.pci import Bdf
 from podplug.model.request import ContainerDevice, ContainerRequest
+from podplug.model.text import is_ascii_digits, shown
 
 VFIO_DIR = "/dev/vfio/"
 VFIO_CONTROL = "/dev/vfio/vfio"
@@ -83,10 +84,15 @@ def _host_path(device: ContainerDevice, inventory: HostInventory) -> str:
 
 
 def resolve_vfio(device: ContainerDevice, inventory: HostInventory) -> VfioSource | str:
-    """The functions a VFIO node brings, or the reason it cannot be resolved."""
+    """The functions a VFIO node brings, or the reason it cannot be resolved. The host node
+    must be exactly ``/dev/vfio/<ASCII digits>`` or ``/dev/vfio/devices/vfio<digits>``
+    (no ``..``, no other directory: ``/dev/vfio/../12`` and ``/etc/12`` are no group)."""
     host_path = _host_path(device, inventory)
+    shown_path = shown(host_path, 80)
     if host_path.startswith(IOMMUFD_DIR):
         name = host_path[len(IOMMUFD_DIR):]
+        if not (name.startswith("vfio") and is_ascii_digits(name[4:])):
+            return f"{shown_path} is not /dev/vfio/devices/vfio<N>"
         cdev = inventory.iommufd_cdev(name)
         if cdev is None or cdev.pci_function is None:
             return f"iommufd device {host_path} not found on the host (/sys/dev/char)"
@@ -94,9 +100,9 @@ def resolve_vfio(device: ContainerDevice, inventory: HostInventory) -> VfioSourc
         if function is None:
             return f"{host_path} points to {cdev.pci_function}, which is not a host PCI device"
         return VfioSource(VfioKind.IOMMUFD, host_path, name, (function,))
-    name = host_path.rsplit("/", 1)[-1]
-    if not name.isdigit():
-        return f"{host_path} is neither /dev/vfio/<group> nor /dev/vfio/devices/vfioN"
+    name = host_path.removeprefix(VFIO_DIR)
+    if not host_path.startswith(VFIO_DIR) or not is_ascii_digits(name) or len(name) > 9:
+        return f"{shown_path} is neither /dev/vfio/<group> nor /dev/vfio/devices/vfioN"
     group = int(name)
     members = inventory.iommu_groups.get(group)
     if not members:

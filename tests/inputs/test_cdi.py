@@ -22,11 +22,9 @@ from podplug.inputs.cdi import (
     cdi_references,
     complete_node,
     host_paths,
-    load_cdi_dirs,
-    load_cdi_file,
     parse_cdi_spec,
 )
-from podplug.inputs.load import with_cdi
+from podplug.inputs.load import load_cdi_dirs, load_cdi_file, with_cdi
 from podplug.inputs.oci import parse_oci_spec
 from podplug.model.enums import NodeType
 from podplug.model.request import ContainerDevice, ContainerRequest

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from podplug.errors import ConfigError, UnsupportedPlatform
-from podplug.inputs.kata import apply_annotations, load_kata_config, parse_kata_config
+from podplug.errors import ConfigError, InputError, UnsupportedPlatform
+from podplug.inputs.kata import apply_annotations, parse_kata_config
+from podplug.inputs.load import load_kata_config
 from podplug.model.enums import BlockDriver, Hypervisor, KataRuntime, PortKind, VfioMode
 from tests.support import KATA_MAIN, config
 
@@ -165,7 +166,7 @@ def test_loader_names_the_file(tmp_path: Path) -> None:
     bad.write_text("[hypervisor.qemu\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_kata_config(bad)
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(InputError, match="cannot open"):
         load_kata_config(tmp_path / "missing.toml")
 
 

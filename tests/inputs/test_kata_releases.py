@@ -10,7 +10,7 @@ import json
 import pytest
 
 from podplug.errors import UnsupportedPlatform
-from podplug.inputs.kata import load_kata_config
+from podplug.inputs.load import load_kata_config
 from podplug.model.enums import Bucket, KataRuntime
 from podplug.plan.plan import plan
 from tests.support import KATA_FIXTURES, block, inventory, request, vfio_control, vfio_group
