@@ -58,6 +58,7 @@ from enum import Enum
 from podplug.inputs.kata import RuntimeConfig
 from podplug.model.enums import NodeType, PortKind, VfioMode
 from podplug.model.request import ContainerDevice, ContainerRequest
+from podplug.model.text import shown
 
 __all__ = [
     "CDROM_MAJORS",
@@ -172,7 +173,7 @@ _FACTS: Mapping[KataEra, _EraFacts] = {
 
 _ALIASES: Mapping[str, KataEra] = {"kata-3.16": KataEra.KATA_3_14_3_16}
 _OLDEST_MODELLED = (3, 6)
-_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+_VERSION = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})\.([0-9]{1,6})")  # ASCII digits only
 
 
 def _line(release: str) -> tuple[int, int]:
@@ -193,7 +194,8 @@ def era_for_version(version: str) -> KataEra:
     """
     match = _VERSION.fullmatch(version)
     if match is None:
-        raise ValueError(f"not a Kata release version {version!r}: expected X.Y.Z, e.g. 3.16.0")
+        raise ValueError(f"not a Kata release version {shown(repr(version), 40)}: expected "
+                         "X.Y.Z in ASCII digits, e.g. 3.16.0")
     line = (int(match[1]), int(match[2]))
     if line < _OLDEST_MODELLED:
         raise ValueError(

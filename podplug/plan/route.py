@@ -74,6 +74,15 @@ def is_vfio_path(path: str) -> bool:
     )
 
 
+def _canonical_vfio_node(path: str) -> bool:
+    """``/dev/vfio/<digits>`` or ``/dev/vfio/devices/vfio<digits>``, ASCII, nothing else."""
+    if path.startswith(IOMMUFD_DIR):
+        name = path[len(IOMMUFD_DIR):]
+        return name.startswith("vfio") and is_ascii_digits(name[4:]) and len(name) < 14
+    name = path.removeprefix(VFIO_DIR)
+    return is_ascii_digits(name) and len(name) < 10
+
+
 def _host_path(device: ContainerDevice, inventory: HostInventory) -> str:
     if device.host_path:
         return device.host_path
@@ -145,6 +154,10 @@ def _route_vfio(
     if cold is PortKind.NO_PORT and hot is PortKind.NO_PORT:
         return Routed(device, Bucket.REJECTED,
                       f"a VFIO device needs a PCIe port: {choice.hint()}")
+    if not _canonical_vfio_node(device.path):
+        return Routed(device, Bucket.REJECTED,
+                      f"{shown(device.path, 80)} is neither /dev/vfio/<group> nor "
+                      "/dev/vfio/devices/vfio<N> (ASCII digits)")
     source = resolve_vfio(device, inventory)
     if isinstance(source, str):
         return Routed(device, Bucket.REJECTED, source)
