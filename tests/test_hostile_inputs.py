@@ -167,7 +167,7 @@ def test_annotation_counts_are_ascii_decimal(capsys: pytest.CaptureFixture[str],
     assert code == 2 and "pcie_root_port" in line and "ASCII digits" in line
 
 
-@pytest.mark.parametrize("version", ["٣.١٦.٠", "3.16.0\n", "3_16.0"])
+@pytest.mark.parametrize("version", ["\u0663.\u0661\u0666.\u0660", "3.16.0\n", "3_16.0"])
 def test_kata_version_is_ascii(capsys: pytest.CaptureFixture[str], host: Path,
                                version: str) -> None:
     code = main(["doctor", "--config", str(CONFIG), "--kata-version", version,

@@ -54,6 +54,7 @@ from podplug.errors import CdiError
 from podplug.inputs.cdi_decode import decode_spec
 from podplug.model.enums import NodeType
 from podplug.model.request import ContainerDevice, ContainerRequest
+from podplug.model.text import path_problem, shown
 
 DEFAULT_CDI_DIRS: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
 CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
@@ -467,6 +468,9 @@ def complete_node(node: CdiDeviceNode, host: HostNode | str | None,
 
     :raises CdiError: naming the device and the node.
     """
+    for what, path in (("path", node.path), ("hostPath", node.host_path or node.path)):
+        if problem := path_problem(path):
+            raise CdiError(device, f"device node {what} {shown(path, 80)} {problem}")
     host_path = node.host_path or node.path
     node = replace(node, host_path=host_path)
     if not isinstance(host, HostNode):

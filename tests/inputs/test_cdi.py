@@ -501,3 +501,11 @@ def test_a_cdi_request_is_completed_from_the_dev_root(tmp_path: Path) -> None:
     done = with_cdi(request, registry, dev)
     assert [(d.path, d.major, d.minor) for d in done.devices] == [
         ("/dev/nvidiactl", 195, 255), ("/dev/nvidia-uvm", 510, 0), ("/dev/nvidia0", 195, 0)]
+
+
+@pytest.mark.parametrize("path", ["dev/x", "/dev/../etc/x", "/dev/x\nforged"])
+def test_a_node_path_podplug_cannot_place_is_refused_on_apply(path: str) -> None:
+    with pytest.raises(CdiError) as info:
+        complete_node(CdiDeviceNode(path, type=NodeType.CHAR, major=1, minor=3), None,
+                      "v.com/c=x")
+    assert "must" in str(info.value) and "\n" not in str(info.value)
