@@ -56,13 +56,13 @@ from podplug.plan.plan import plan as make_plan  # noqa: E402
 from podplug.plan.sequence import (  # noqa: E402
     Step,
     StepKind,
-    backing_drive,
     plug_steps,
     unplug_steps,
 )
 from podplug.plan.standin import stand_in  # noqa: E402
 from podplug.plan.topology import Target  # noqa: E402
 from podplug.run.session import guest_argv  # noqa: E402
+from podplug.run.volumes import drive_for  # noqa: E402
 from podplug.vm.hotplug import carry  # noqa: E402
 from podplug.vm.process import Accel, Vm  # noqa: E402
 from podplug.vm.qmp import DEFAULT_REPLY_TIMEOUT_S  # noqa: E402
@@ -258,7 +258,8 @@ def volume_cycle(vm: Vm, agent: AgentClient, device: DevicePlan, inputs: Inputs,
     """blockdev-add (untimed), device_add -> ``blk-of-pci`` answers, device_del ->
     DEVICE_DELETED, blockdev-del (untimed)."""
     path = str(device.guest_paths[0])
-    for step in plug_steps([device], drive=lambda n: backing_drive(n, inputs.inventory)):
+    for step in plug_steps([device], drive=lambda n: drive_for(n, inputs.inventory, fake_host=True,
+                                                read_only=False)):
         if step.kind is not StepKind.DEVICE_ADD:
             carry(vm, step)
             continue
@@ -370,7 +371,8 @@ def agent_round_trips(vm: Vm, agent: AgentClient, volume: DevicePlan, inputs: In
                       runs: int) -> dict[str, Spread]:
     """The agent's own answer time with the volume present (nothing to wait for)."""
     path = str(volume.guest_paths[0])
-    steps = plug_steps([volume], drive=lambda n: backing_drive(n, inputs.inventory))
+    steps = plug_steps([volume], drive=lambda n: drive_for(n, inputs.inventory, fake_host=True,
+                                                read_only=False))
     for step in steps:
         carry(vm, step)
     agent.call("blk-of-pci", path, WAIT_MS)

@@ -135,11 +135,13 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import tempfile
+    from dataclasses import replace
 
     from podplug.inputs.load import load_inputs
     from podplug.model.enums import HotplugMode
     from podplug.run.report import render_table
     from podplug.run.session import RunOptions, run
+    from podplug.run.volumes import VolumePolicy
     from podplug.vm.process import Accel
 
     def progress(text: str) -> None:
@@ -153,8 +155,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         boot_timeout=args.boot_timeout,
     )
     with tempfile.TemporaryDirectory(prefix="podplug-demo-") as tmp:
+        scratch: frozenset[str] = frozenset()
         if args.config is None and args.spec is None:
             config, spec, sysfs = _demo(Path(tmp), progress)
+            scratch = frozenset({str(Path(tmp) / "xda.img")})  # made here, for this run
         elif args.config is None or args.spec is None:
             print("podplug: error: run takes both --config and --spec, or neither (demo)",
                   file=sys.stderr)
@@ -165,6 +169,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                              sysfs_root=sysfs, dev_root=args.dev_root)
         for warning in inputs.warnings:
             progress(f"warning: {warning}")
+        options = replace(options, volumes=VolumePolicy(
+            scratch=scratch, destructive=frozenset(args.destructive_check or ()),
+            force=args.force))
         report = run(inputs, options)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
@@ -373,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_planning_options(r)
     r.add_argument("--keep-running", action="store_true")
     r.add_argument("--qemu", metavar="BINARY", help=QEMU_HELP)
+    r.add_argument("--destructive-check", action="append", metavar="CONTAINER_PATH",
+                   help="ALSO write to this volume and make a filesystem on it (DESTROYS its "
+                   "data; repeatable). Volumes are otherwise proven read-only, but for the "
+                   "demo's scratch volume")
+    r.add_argument("--force", action="store_true",
+                   help="with --destructive-check: even when the volume is mounted on the "
+                   "host or holds a filesystem or partition signature")
     r.add_argument("--boot-timeout", type=float, default=60.0, metavar="S",
                    help="seconds to wait for the guest agent (default 60; nested TCG "
                    "guests need minutes)")

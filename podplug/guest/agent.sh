@@ -51,6 +51,9 @@
 #                                           read back and restored; write=ro on a read-only
 #                                           device); char: OK type=c open=ok|error
 #                                           read=N|error md5=HEX (read only, bounded to 2 s)
+#   ro-check NODE                           OK type=b size=BYTES head=SHA256 tail=SHA256
+#                                           (reads only: the first and the last 4 KiB,
+#                                           direct I/O; the size from the kernel)
 #   vfio-bind BDF                           OK group=G dev=/dev/vfio/G devnum=MAJ:MIN
 #                                           driver=vfio-pci previous=DRIVER|-
 #   fs-check NODE                           OK fs=ext2|ext4 write=ok readback=ok
@@ -347,10 +350,11 @@ v_help() {
     data "vfio-bind BDF"
     data "fs-check NODE"
     data "serial BDF|DISK"
+    data "ro-check NODE"
     data "modules GROUP"
     data "bars BDF"
     data "device DIR MODE MS TYPE ID VM_PATH CONTAINER_PATH [OPTION]..."
-    ok 15
+    ok 16
 }
 
 v_lspci() {
@@ -465,6 +469,18 @@ v_rw() {
         2>/dev/null || fail failed "cannot restore $1 at block $_blk"
     [ "$_match" = 0 ] || fail failed "marker read back from $1 at block $_blk differs"
     ok "type=b read=$_n md5=$_sum write=ok offset=$((_blk * 4096)) restored=ok"
+}
+
+v_ro_check() {
+    [ $# -eq 1 ] || usage "ro-check NODE"
+    check_abs NODE "$1"
+    [ -b "$1" ] || fail not-found "$1 is not a block device node"
+    _size=$(blockdev --getsize64 "$1") || fail failed "cannot size $1"
+    [ "$_size" -ge 4096 ] && [ $((_size % 512)) -eq 0 ] || fail failed "$1: size $_size is not whole 512-byte sectors of 4 KiB or more"
+    _head=$(dd if="$1" bs=512 count=8 iflag=direct 2>/dev/null | sha256sum) || fail failed "cannot read $1"
+    _tail=$(dd if="$1" bs=512 count=8 skip=$((_size / 512 - 8)) iflag=direct 2>/dev/null | sha256sum) \
+        || fail failed "cannot read the end of $1"
+    ok "type=b size=$_size head=${_head%% *} tail=${_tail%% *}"
 }
 
 v_serial() {
@@ -619,6 +635,7 @@ handle_line() {
         serial) _fn=v_serial ;;
         fs-check) _fn=v_fs_check ;;
         bars) _fn=v_bars ;;
+        ro-check) _fn=v_ro_check ;;
         modules) _fn=v_modules ;;
         device) _fn=v_device ;;
         *)

@@ -94,6 +94,7 @@ REQUIRED_APPLETS = (
     "readlink",
     "dd",
     "md5sum",
+    "sha256sum",
     "blockdev",
     "mke2fs",
     "mktemp",

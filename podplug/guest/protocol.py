@@ -51,6 +51,8 @@ starting on root bus ``0000:00``. ``MS`` is milliseconds.
                                         or virtio-blk disk (driver bound), or of a disk by
                                         block name (virtio-blk, SCSI VPD page 0x80). The VFIO
                                         stand-in carries the host BDF it stands for.
+``ro-check NODE``                       ``OK type=b size=BYTES head=SHA256 tail=SHA256``:
+                                        reads only, the first and last 4 KiB (direct I/O)
 ``modules GROUP``                       ``OK group=GROUP``: load a module group now (``boot``,
                                         ``vfio``, ``fs``)
 ``bars BDF``                            data ``INDEX START END FLAGS`` lines (hex, sysfs
@@ -96,6 +98,7 @@ VERBS: dict[str, tuple[int, int]] = {
     "serial": (1, 1),
     "bars": (1, 1),
     "modules": (1, 1),
+    "ro-check": (1, 1),
     "device": (7, 7 + 64),  # DIR MODE MS TYPE ID VM_PATH CPATH, then up to 64 options
 }
 

@@ -57,13 +57,16 @@ class BlockdevNode:
     driver: str  # format driver, "raw"
     file_driver: str  # "host_device" for block devices, "file" for regular files
     filename: str
+    read_only: bool = False  # the run's read-only proof: QEMU cannot write the volume
 
     def arguments(self) -> dict[str, object]:
-        return {
-            "driver": self.driver,
-            "node-name": self.node_name,
-            "file": {"driver": self.file_driver, "filename": self.filename},
-        }
+        file: dict[str, object] = {"driver": self.file_driver, "filename": self.filename}
+        args: dict[str, object] = {"driver": self.driver, "node-name": self.node_name,
+                                   "file": file}
+        if self.read_only:
+            args["read-only"] = True
+            file["read-only"] = True
+        return args
 
 
 @dataclass(frozen=True)

@@ -15,19 +15,17 @@ Pure: it decides, :mod:`podplug.vm.hotplug` carries the steps out. Rules:
   (:mod:`podplug.plan.windows`).
 * Rollback of a failed batch undoes exactly the steps that succeeded, newest first, so no
   device is left half-plugged and no ``blockdev`` node leaks (DESIGN rule 7).
-* A loop device may be replaced by its backing file as the drive (``file`` driver instead of
-  ``host_device``), which needs no root-only loop set-up; the plan itself stays on the
-  host node.
+* What a volume's drive is (the host node, or a fake host's backing file; read-only or
+  not) is decided in :mod:`podplug.run.volumes`; the steps carry it as given.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 
 from podplug.model.enums import Bucket
-from podplug.model.host import HostInventory
 from podplug.model.pci import GuestPciPath
 from podplug.plan.model import BlockdevNode, DevicePlan, Plan, QemuDevice
 from podplug.plan.presentation import keeper_devices
@@ -52,14 +50,6 @@ class Step:
     arguments: dict[str, object] = field(compare=False, hash=False)
     expect_path: GuestPciPath | None = None  # where the guest must find a PCI device_add
     also_removes: tuple[str, ...] = ()  # device_del of function 0: the slot's other ids
-
-
-def backing_drive(node: BlockdevNode, inventory: HostInventory) -> BlockdevNode:
-    """Use a loop device's backing file as the drive (``/sys/block/loopN/loop/backing_file``)."""
-    for block in inventory.block_nodes.values():
-        if block.dev_path == node.filename and block.loop_backing_file:
-            return replace(node, file_driver="file", filename=block.loop_backing_file)
-    return node
 
 
 def _device_add(qemu: QemuDevice, path: GuestPciPath | None, container_path: str) -> Step:

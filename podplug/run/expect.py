@@ -22,8 +22,9 @@ Predictions, per VFIO function (``BDF=PATH`` option):
   ``vfio-pci-gk``: a guest driver bound, no node.
 
 Per volume (``blk`` / ``scsi``): the disk the entry resolved to carries the serial podplug
-gave the planned QEMU device, its node opens and reads, writes and a filesystem round trip
-succeed.
+gave the planned QEMU device, has the host volume's size and its bytes at the first and last
+4 KiB; where the run may write (:mod:`podplug.run.volumes`), writes and a filesystem round
+trip succeed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from podplug.guest.protocol import (
     GuestPciDevice,
     Resolution,
 )
+from podplug.host.volumes import VolumeFacts
 from podplug.model.host import IORESOURCE_IO, IORESOURCE_PREFETCH, Bar, HostInventory
 from podplug.model.pci import GuestPciPath
 from podplug.plan.model import AgentDevice, DevicePlan, PlannedFunction
@@ -68,9 +70,13 @@ class FunctionSeen:
 
 @dataclass(frozen=True)
 class VolumeSeen:
+    """What the guest read of the disk an entry resolved to (``ro``: the ``ro-check``
+    fields), and what the destructive checks said, when they ran."""
+
     serial: str
-    rw: Mapping[str, str]
-    fs: Mapping[str, str]
+    ro: Mapping[str, str]
+    rw: Mapping[str, str] | None = None
+    fs: Mapping[str, str] | None = None
 
 
 def expectations(device: DevicePlan, inventory: HostInventory, *,
@@ -192,8 +198,11 @@ def _bar_problems(where: str, shapes: Sequence[Bar], seen: FunctionSeen) -> list
 
 
 def volume_problems(device: DevicePlan, entry: AgentDevice, resolution: Resolution,
-                    seen: VolumeSeen) -> list[str]:
-    """Every difference between a volume entry's resolution and the plan (empty: proven)."""
+                    seen: VolumeSeen, host: VolumeFacts) -> list[str]:
+    """Every difference between a volume entry's resolution and the plan (empty: proven):
+    the disk is the planned device (its serial), of the host volume's size, with the host's
+    bytes at its first and last 4 KiB; and, when they ran, the write and filesystem checks
+    passed."""
     path = device.request.path
     problems = []
     if resolution.type != entry.type.value:
@@ -203,9 +212,17 @@ def volume_problems(device: DevicePlan, entry: AgentDevice, resolution: Resoluti
     if seen.serial != serial:
         problems.append(f"{path}: the entry resolved to {resolution.vm_path}, whose serial is "
                         f"{seen.serial!r}, not the planned device's {serial!r}")
-    if seen.rw.get("write") != "ok":
+    if seen.ro.get("size") != str(host.size):
+        problems.append(f"{path}: {resolution.vm_path} is {seen.ro.get('size')} bytes, the "
+                        f"host volume {host.path} {host.size}")
+    for part in ("head", "tail"):
+        if seen.ro.get(part) != getattr(host, part):
+            where = "first" if part == "head" else "last"
+            problems.append(f"{path}: the {where} 4 KiB of {resolution.vm_path} differ from "
+                            f"the host volume's")
+    if seen.rw is not None and seen.rw.get("write") != "ok":
         problems.append(f"{path}: write through {resolution.node} {seen.rw.get('write')}")
-    if seen.fs.get("readback") != "ok":
+    if seen.fs is not None and seen.fs.get("readback") != "ok":
         problems.append(f"{path}: filesystem round trip {seen.fs.get('readback')}")
     return problems
 

@@ -23,13 +23,14 @@ from pathlib import Path
 from podplug.errors import PodplugError
 from podplug.guest.agent_client import AgentClient
 from podplug.guest.image import GuestImage, build_image, default_cache_dir
+from podplug.host.volumes import VolumeFacts, read_volume
 from podplug.inputs.load import Inputs
 from podplug.model.enums import Bucket, HotplugMode
-from podplug.plan.model import DevicePlan, Plan, QemuDevice
+from podplug.model.host import HostInventory
+from podplug.plan.model import BlockdevNode, DevicePlan, Plan, QemuDevice
 from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan as make_plan
 from podplug.plan.sequence import (
-    backing_drive,
     hot_devices,
     plug_steps,
     release_steps,
@@ -40,6 +41,7 @@ from podplug.plan.windows import DEFAULT_SPARE_WINDOW, Window
 from podplug.render.argv import render_argv
 from podplug.run.report import DeviceRow, RunReport
 from podplug.run.verify import GuestProver
+from podplug.run.volumes import Depth, VolumePolicy, depth_for, drive_for
 from podplug.vm.accel import choose_accel, probe_kvm
 from podplug.vm.hotplug import StepResult, carry, carry_batch
 from podplug.vm.probe import probe_qemu, require, resolve_qemu
@@ -59,6 +61,7 @@ class RunOptions:
     keep_running: bool = False
     qemu: str | None = None  # --qemu: overrides the configuration's [hypervisor.qemu] path
     spare_window: Window = DEFAULT_SPARE_WINDOW  # --spare-window: the least a spare port gets
+    volumes: VolumePolicy = field(default_factory=VolumePolicy)  # which volumes may be written
     cache_dir: Path | None = None
     memory_mib: int = 512
     boot_timeout: float = 60.0  # to a ready agent; ~5 s here, minutes when nested
@@ -140,6 +143,8 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
                      "ones) on its planned port; everything guest-side is real")
     elif has_vfio:
         notes.append("VFIO: real host devices passed with vfio-pci")
+    drives = plan_drives(plan, inputs.inventory, options.volumes)
+    notes += drive_notes(plan, drives, inputs.inventory)
     for note in notes:
         clock.say(note)
     hv = inputs.config.hypervisor
@@ -161,7 +166,7 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
         clock.say("booting VM")
         with clock.phase("vm_total"), Vm(argv, accel=accel, qemu_binary=str(qemu),
                                          tmp_parent=tmp) as vm:
-            rows = _run_in_vm(vm, plan, inputs, options, clock, sock, emulate, mapping)
+            rows = _run_in_vm(vm, plan, inputs, options, clock, sock, emulate, mapping, drives)
     clock.say("VM stopped, temporary files removed")
     return RunReport(tuple(rows), accel.value, emulate and has_vfio, tuple(notes),
                      clock.timings)
@@ -171,9 +176,55 @@ def _same(device: QemuDevice) -> QemuDevice:
     return device
 
 
+@dataclass(frozen=True)
+class Drive:
+    """The drive a volume gets for this run, what the host holds there, and the proof."""
+
+    node: BlockdevNode
+    facts: VolumeFacts
+    depth: Depth
+
+
+def is_fake_host(inventory: HostInventory) -> bool:
+    """A host snapshot that is not this machine's (a ``--sysfs`` stand-in tree)."""
+    return str(Path(inventory.sysfs_root)) != "/sys"
+
+
+def plan_drives(plan: Plan, inventory: HostInventory,
+                policy: VolumePolicy) -> dict[str, Drive]:
+    """Each planned volume's drive, read-only unless its proof may write (shell: reads the
+    host volume's facts). :raises InputError: a destructive check refused."""
+    drives = {}
+    for device in plan.in_bucket(Bucket.HOT_BLOCK):
+        assert device.blockdev is not None
+        node = drive_for(device.blockdev, inventory, fake_host=is_fake_host(inventory),
+                         read_only=True)
+        facts = read_volume(node.filename)
+        depth = depth_for(policy, device.request.path, facts)
+        drives[device.blockdev.node_name] = Drive(
+            replace(node, read_only=depth is Depth.READ_ONLY), facts, depth)
+    return drives
+
+
+def drive_notes(plan: Plan, drives: dict[str, Drive], inventory: HostInventory) -> list[str]:
+    notes = []
+    for device in plan.in_bucket(Bucket.HOT_BLOCK):
+        assert device.blockdev is not None
+        drive = drives[device.blockdev.node_name]
+        if drive.node.filename != device.blockdev.filename:
+            notes.append(f"VOLUME STAND-IN: {device.request.path}'s host node "
+                         f"{device.blockdev.filename} belongs to the FAKE host "
+                         f"{inventory.sysfs_root}: its backing file {drive.node.filename} is "
+                         "the drive")
+        how = ("read-only (QEMU opens it read-only; podplug did not make it)"
+               if drive.depth is Depth.READ_ONLY else "with write and filesystem checks")
+        notes.append(f"{device.request.path} is proven {how}")
+    return notes
+
+
 def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _Clock,
-               sock: Path, emulate: bool,
-               mapping: Callable[[QemuDevice], QemuDevice]) -> list[DeviceRow]:
+               sock: Path, emulate: bool, mapping: Callable[[QemuDevice], QemuDevice],
+               drives: dict[str, Drive]) -> list[DeviceRow]:
     with contextlib.closing(AgentClient.connect(sock)) as agent:
         with clock.phase("boot"):
             agent.wait_ready(options.boot_timeout)
@@ -189,8 +240,7 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
             clock.say(f"{len(release) // 2} window keeper(s) unplugged: their ports keep "
                       "the windows firmware sized")
         hot = hot_devices(plan)
-        steps = plug_steps(hot, device=mapping,
-                           drive=lambda n: backing_drive(n, inputs.inventory))
+        steps = plug_steps(hot, device=mapping, drive=lambda n: drives[n.node_name].node)
         clock.say(f"hot-plugging {len(hot)} device(s): {len(steps)} QMP steps")
         with clock.phase("hotplug"):
             results: list[StepResult] = carry_batch(vm, steps)
@@ -200,7 +250,11 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
         slowness = max(1.0, clock.timings["boot"] / USUAL_BOOT_S)
         if slowness > 1.0:
             clock.say(f"slow guest: agent timeouts scaled by {slowness:.1f}")
-        prover = GuestProver(agent, plan, inputs.inventory, CONTAINER_DIR, emulate, slowness)
+        prover = GuestProver(agent, plan, inputs.inventory, CONTAINER_DIR, emulate, slowness,
+                             volumes={d.request.path: (drives[d.blockdev.node_name].facts,
+                                                       drives[d.blockdev.node_name].depth)
+                                      for d in plan.in_bucket(Bucket.HOT_BLOCK)
+                                      if d.blockdev is not None})
         proven: dict[int, DeviceRow] = {}
         order = _report_order(plan)
         with clock.phase("verify"):

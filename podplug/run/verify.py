@@ -11,8 +11,10 @@ Per entry type (what the guest does, then what is read):
 
 * ``blk`` / ``scsi``: the disk below the PCI path or at the SCSI address gets a node at the
   container path with the guest numbers (the agent's ``update_spec_devices``); read: the
-  disk's serial, a read/write of the node and a filesystem round trip (the Kubernetes
-  block-volume check, ``k8s-block-volume.bats``);
+  disk's serial, its size and the digests of its first and last 4 KiB (compared with the
+  host volume's); on a volume the run may write (:mod:`podplug.run.volumes`), also a
+  read/write of the node and a filesystem round trip (the Kubernetes block-volume check,
+  ``k8s-block-volume.bats``);
 * ``vfio-pci``: every function waited for, bound to vfio-pci, one guest IOMMU group, node
   ``/dev/vfio/<group>`` (opened); ``vfio-pci-gk``: waited for, left on its guest driver;
   read: ``lspci`` (vendor:device, driver, sysfs ancestry), the BARs and the windows of the
@@ -26,7 +28,8 @@ Per entry type (what the guest does, then what is read):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from dataclasses import replace as _replace
 
 from podplug.errors import PodplugError
@@ -39,6 +42,7 @@ from podplug.guest.protocol import (
     parse_lspci,
     parse_resolution,
 )
+from podplug.host.volumes import VolumeFacts
 from podplug.model.enums import AgentDeviceType, Bucket
 from podplug.model.host import HostInventory
 from podplug.plan.model import AgentDevice, DevicePlan, Plan
@@ -52,6 +56,7 @@ from podplug.run.expect import (
     volume_problems,
 )
 from podplug.run.report import DeviceRow
+from podplug.run.volumes import Depth
 
 WAIT_MS = 5000
 CALL_TIMEOUT_S = 30.0
@@ -74,6 +79,7 @@ class GuestProver:
     container_dir: str
     emulated: bool
     slowness: float = 1.0  # how much slower than usual this guest proved to be at boot
+    volumes: Mapping[str, tuple[VolumeFacts, Depth]] = field(default_factory=dict)
     _identities: dict[str, str] | None = None
 
     def identities(self) -> dict[str, str]:
@@ -140,13 +146,20 @@ class GuestProver:
     def _volume(self, device: DevicePlan, entry: AgentDevice, resolution: Resolution,
                 row: DeviceRow) -> DeviceRow:
         name = resolution.vm_path.removeprefix("/dev/")
+        host, depth = self.volumes[device.request.path]
         seen = VolumeSeen(self._call("serial", name).fields.get("serial", ""),
-                          self._call("rw", resolution.node).fields,
-                          self._call("fs-check", resolution.node, timeout=120.0).fields)
-        problems = volume_problems(device, entry, resolution, seen)
+                          self._call("ro-check", resolution.node).fields)
+        if depth is Depth.DESTRUCTIVE:
+            seen = replace(seen, rw=self._call("rw", resolution.node).fields,
+                           fs=self._call("fs-check", resolution.node, timeout=120.0).fields)
+        problems = volume_problems(device, entry, resolution, seen, host)
         check = (f"{entry.type.value} {entry.id} -> {resolution.vm_path} (serial "
-                 f"{seen.serial}); read+write {seen.rw.get('write')}; {seen.fs.get('fs')} "
-                 f"round trip {seen.fs.get('readback')}")
+                 f"{seen.serial}); size and first/last 4 KiB = host's")
+        if seen.rw is not None and seen.fs is not None:
+            check += (f"; read+write {seen.rw.get('write')}; {seen.fs.get('fs')} round trip "
+                      f"{seen.fs.get('readback')} (scratch volume)")
+        else:
+            check += " (read-only proof: the volume is not podplug's)"
         return _judged(row, check, problems)
 
     def _vfio(self, device: DevicePlan, entry: AgentDevice, resolution: Resolution,

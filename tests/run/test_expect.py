@@ -15,6 +15,7 @@ from podplug.guest.protocol import (
     parse_bars,
     parse_resolution,
 )
+from podplug.host.volumes import VolumeFacts
 from podplug.model.host import IORESOURCE_MEM, IORESOURCE_MEM_64, IORESOURCE_PREFETCH
 from podplug.plan.model import DevicePlan
 from podplug.plan.plan import plan
@@ -152,12 +153,21 @@ def test_volume_resolving_to_another_disk_fails() -> None:
     volume = next(d for d in p.devices if d.blockdev is not None)
     assert volume.agent is not None
     resolution = Resolution("blk", "/run/podplug/ctr/dev/xda", (254, 16), "/dev/vdb")
-    ok = VolumeSeen("blk0", {"write": "ok"}, {"readback": "ok"})
-    assert volume_problems(volume, volume.agent, resolution, ok) == []
+    host = VolumeFacts("/images/disk0.img", 1 << 25, "aa", "bb", "", False)
+    read = {"size": str(1 << 25), "head": "aa", "tail": "bb"}
+    ok = VolumeSeen("blk0", read, {"write": "ok"}, {"readback": "ok"})
+    assert volume_problems(volume, volume.agent, resolution, ok, host) == []
+    assert volume_problems(volume, volume.agent, resolution, VolumeSeen("blk0", read),
+                           host) == []  # the read-only proof alone
     other = replace(ok, serial="blk1")
-    (problem,) = volume_problems(volume, volume.agent, resolution, other)
+    (problem,) = volume_problems(volume, volume.agent, resolution, other, host)
     assert "resolved to /dev/vdb, whose serial is 'blk1', not the planned device's 'blk0'" \
         in problem
+    changed = replace(ok, ro={**read, "tail": "cc", "size": "512"})
+    problems = volume_problems(volume, volume.agent, resolution, changed, host)
+    assert any("is 512 bytes, the host volume /images/disk0.img 33554432" in p
+               for p in problems)
+    assert any("the last 4 KiB of /dev/vdb differ" in p for p in problems)
 
 
 def test_parse_device_and_bars_replies() -> None:

@@ -15,9 +15,10 @@ from podplug.guest.agent_client import AgentClient
 from podplug.guest.image import build_image
 from podplug.guest.protocol import parse_lspci
 from podplug.plan.plan import plan
-from podplug.plan.sequence import StepKind, backing_drive, hot_devices, plug_steps
+from podplug.plan.sequence import StepKind, hot_devices, plug_steps
 from podplug.plan.standin import stand_ins
 from podplug.run.session import guest_argv
+from podplug.run.volumes import drive_for
 from podplug.vm.hotplug import BatchFailed, carry_batch
 from podplug.vm.process import Accel, Vm
 from tests.support import block, config, inventory, request, vfio_group
@@ -33,7 +34,8 @@ def test_failed_batch_leaves_nothing_plugged(tmp_path: Path) -> None:
                                       for k, v in host.block_nodes.items()})
     p = plan(config("vfio", hot="root-port"), request(vfio_group(12), block(0)), host)
     steps = list(plug_steps(hot_devices(p), device=stand_ins(host.functions),
-                            drive=lambda n: backing_drive(n, host)))
+                            drive=lambda n: drive_for(n, host, fake_host=True,
+                                                      read_only=False)))
     last = steps[-1]
     assert last.kind is StepKind.DEVICE_ADD and last.subject == "blk0"
     steps[-1] = replace(last, arguments={**last.arguments, "bus": "no-such-bus"})

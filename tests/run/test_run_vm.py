@@ -5,6 +5,7 @@ guest image cannot be had."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from podplug.inputs.load import load_inputs
 from podplug.model.enums import HotplugMode
 from podplug.run.report import RunReport
 from podplug.run.session import RunOptions, run
+from podplug.run.volumes import VolumePolicy
 from podplug.vm.process import Accel
 from tests.support import REPO, live_qemu, podplug_temp_entries
 
@@ -34,13 +36,16 @@ def _config(tmp: Path, mode: str, cold: str, hot: str, driver: str, root_ports: 
 
 
 def _run(tmp_path: Path, mode: str, cold: str = "no-port", hot: str = "no-port",
-         driver: str = "virtio-blk", hotplug: HotplugMode = HotplugMode.ACPI) -> RunReport:
+         driver: str = "virtio-blk", hotplug: HotplugMode = HotplugMode.ACPI,
+         destructive: bool = False) -> RunReport:
     disk = tmp_path / "xda.img"
-    disk.write_bytes(b"\0" * (32 << 20))
+    if not disk.exists():
+        disk.write_bytes(os.urandom(1 << 20) + b"\0" * (31 << 20) + os.urandom(1 << 20))
     sysfs = write_fake_sysfs(tmp_path / "sys", demo_host(str(disk)))
     inputs = load_inputs(_config(tmp_path, mode, cold, hot, driver), SPEC, cdi_dirs=(),
                          sysfs_root=sysfs)
-    return run(inputs, RunOptions(accel=Accel.TCG, hotplug=hotplug))
+    policy = VolumePolicy(destructive=frozenset({"/dev/xda"}) if destructive else frozenset())
+    return run(inputs, RunOptions(accel=Accel.TCG, hotplug=hotplug, volumes=policy))
 
 
 def _assert_all_proven(report: RunReport, mode: str) -> None:
@@ -63,8 +68,28 @@ def _assert_all_proven(report: RunReport, mode: str) -> None:
     else:
         assert gpu.entry["type"] == "vfio-pci-gk" and "guest driver nvme" in gpu.check
         assert gpu.container_node == ""
-    assert "round trip ok" in xda.check and xda.container_node == "/run/podplug/ctr/dev/xda"
+    assert "size and first/last 4 KiB = host's" in xda.check
+    assert xda.container_node == "/run/podplug/ctr/dev/xda"
     assert xda.resolved is not None and xda.resolved["node"] == xda.container_node
+
+
+def test_a_volume_podplug_did_not_make_is_byte_identical_after_the_run(tmp_path: Path) -> None:
+    """The read-only proof: QEMU opens the drive read-only, the guest only reads."""
+    disk = tmp_path / "xda.img"
+    disk.write_bytes(os.urandom(1 << 20) + b"\0" * (31 << 20) + os.urandom(1 << 20))
+    before = hashlib.sha256(disk.read_bytes()).hexdigest()
+    report = _run(tmp_path, "vfio", cold="root-port")
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
+    xda = next(r for r in report.rows if r.path == "/dev/xda")
+    assert xda.usable and "read-only proof" in xda.check
+    assert any("/dev/xda is proven read-only" in n for n in report.notes)
+    assert any("VOLUME STAND-IN" in n and str(disk) in n for n in report.notes)
+
+
+def test_a_named_volume_gets_the_destructive_checks(tmp_path: Path) -> None:
+    report = _run(tmp_path, "guest-kernel", cold="root-port", destructive=True)
+    xda = next(r for r in report.rows if r.path == "/dev/xda")
+    assert xda.usable and "round trip ok (scratch volume)" in xda.check
 
 
 @pytest.mark.parametrize(("mode", "cold"), [("vfio", "root-port"), ("vfio", "switch-port"),

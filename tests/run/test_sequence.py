@@ -5,7 +5,6 @@ from __future__ import annotations
 from podplug.plan.plan import plan
 from podplug.plan.sequence import (
     StepKind,
-    backing_drive,
     hot_devices,
     plug_steps,
     undo,
@@ -65,15 +64,6 @@ def test_stand_in_has_the_host_functions_largest_prefetchable_bars() -> None:
     teardown = unplug_steps(hot, device=stand_ins(host.functions))
     assert [(s.kind, s.subject) for s in teardown][-2:] == [
         (StepKind.DEVICE_DEL, "vfio-0000-41-00-0"), (StepKind.OBJECT_DEL, "vfio-0000-41-00-0-pmr")]
-
-
-def test_backing_file_replaces_loop_device() -> None:
-    planned = _hot_plan().devices[2]
-    assert planned.blockdev is not None
-    node = backing_drive(planned.blockdev, inventory(1, 2, blocks=1))
-    assert node.arguments()["file"] == {"driver": "file", "filename": "/images/disk0.img"}
-    assert planned.blockdev.arguments()["file"] == {"driver": "host_device",
-                                                    "filename": "/dev/loop0"}
 
 
 def test_undo_reverses_only_what_was_done() -> None:
