@@ -34,6 +34,7 @@ class VolumeFacts:
     tail: str  # sha256 of the last 4 KiB
     signature: str  # "" when none was found
     mounted: bool
+    inode: tuple[int, int] = (0, 0)  # (st_dev, st_ino): the file opened again must be this one
 
 
 def read_volume(path: str) -> VolumeFacts:
@@ -62,7 +63,8 @@ def read_volume(path: str) -> VolumeFacts:
                   if probe[offset:offset + len(magic)] == magic), "")
     mounted = stat.S_ISBLK(info.st_mode) and _is_mounted(info.st_rdev)
     return VolumeFacts(path, size, hashlib.sha256(probe[:BLOCK]).hexdigest(),
-                       hashlib.sha256(tail).hexdigest(), found, mounted)
+                       hashlib.sha256(tail).hexdigest(), found, mounted,
+                       (info.st_dev, info.st_ino))
 
 
 def _is_mounted(rdev: int) -> bool:

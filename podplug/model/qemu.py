@@ -18,7 +18,9 @@ class QemuFeature(Enum):
     Each is probed by a type or a property (:data:`podplug.vm.probe.FEATURE_PROBES`):
     ``-object iommufd`` and ``vfio-pci,iommufd=`` arrived in QEMU 9.0; ``pref64-reserve`` on
     ``pcie-root-port`` in 3.0; nvme's persistent memory region (``pmrdev``) in 5.1; a memory
-    backend without reserved RAM (``reserve=off``) in 6.1.
+    backend without reserved RAM (``reserve=off``) in 6.1. ``-sandbox`` exists only in a
+    QEMU built with libseccomp (Debian's is); its ``obsolete``/``elevateprivileges``/
+    ``spawn``/``resourcecontrol`` suboptions date from QEMU 2.11 and 3.1.
     """
 
     IOMMUFD_OBJECT = "-object iommufd"
@@ -27,6 +29,7 @@ class QemuFeature(Enum):
     MEM_RESERVE = "mem-reserve="
     NVME_PMR = "nvme,pmrdev="
     MEMORY_NORESERVE = "memory-backend-ram,reserve="
+    SANDBOX = "-sandbox"  # QEMU built with libseccomp: every podplug VM runs under it
 
 
 @dataclass(frozen=True)

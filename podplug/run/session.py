@@ -14,6 +14,8 @@ VFIO functions are emulated stand-ins (:mod:`podplug.plan.standin`) on the plann
 from __future__ import annotations
 
 import contextlib
+import os
+import pwd
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +29,7 @@ from podplug.host.volumes import VolumeFacts, read_volume
 from podplug.inputs.load import Inputs
 from podplug.model.enums import Bucket, HotplugMode
 from podplug.model.host import HostInventory
+from podplug.model.qemu import QemuFeature
 from podplug.plan.model import BlockdevNode, DevicePlan, Plan, QemuDevice
 from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan as make_plan
@@ -39,6 +42,8 @@ from podplug.plan.sequence import (
 from podplug.plan.standin import STANDIN_VENDOR_DEVICE, stand_ins
 from podplug.plan.windows import DEFAULT_SPARE_WINDOW, Window
 from podplug.render.argv import render_argv
+from podplug.run.confine import UNPRIVILEGED_USER, Account, confinement_for
+from podplug.run.handover import BootFiles, boot_files, fdset_drives
 from podplug.run.report import DeviceRow, RunReport
 from podplug.run.verify import GuestProver
 from podplug.run.volumes import Depth, VolumePolicy, depth_for, drive_for
@@ -70,14 +75,16 @@ class RunOptions:
 
 def guest_argv(plan: Plan, image: GuestImage, sock: Path, *,
                device: Callable[[QemuDevice], QemuDevice] | None, memory_mib: int,
-               accel: Accel) -> list[str]:
+               accel: Accel, boot: BootFiles | None = None) -> list[str]:
     """The QEMU arguments after the ones :class:`Vm` adds (pure); the hot-plug mode comes
     with the plan (:func:`podplug.render.argv.render_argv`); ``device`` maps the cold VFIO
-    functions (the emulated stand-ins of :func:`podplug.plan.standin.stand_ins`)."""
+    functions (the emulated stand-ins of :func:`podplug.plan.standin.stand_ins`); ``boot``
+    names the kernel and initramfs handed over open (:mod:`podplug.run.handover`)."""
     append = image.cmdline + (" intel_iommu=on" if plan.guest_iommu else "")
+    kernel, initrd = (boot.kernel, boot.initrd) if boot else (image.kernel, image.initramfs)
     argv = [
         "-cpu", "host" if accel is Accel.KVM else "max", "-smp", "1", "-m", str(memory_mib),
-        "-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", append,
+        "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
         *render_argv(plan, device),
         "-device", "virtio-serial-pci,id=vser0,bus=pcie.0,addr=01.0",
         "-chardev", f"socket,id=agentch,path={sock},server=on,wait=off",
@@ -151,7 +158,7 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
     qemu = resolve_qemu(hv.path, options.qemu, hv.section)
     caps = probe_qemu(qemu, options.cache_dir or default_cache_dir())
     mapping = stand_ins(inputs.inventory.functions) if emulate else _same
-    require(caps, qemu_needs(plan, device=mapping))
+    require(caps, qemu_needs(plan, device=mapping) | {QemuFeature.SANDBOX})
     clock.say(f"QEMU {caps.version_text}: {qemu}")
     clock.say("guest image: building or loading from cache")
     with clock.phase("image"):
@@ -159,13 +166,22 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
     accel, why = choose_accel(options.accel, lambda: probe_kvm(qemu_binary=str(qemu)))
     notes.append(f"accelerator {accel.value}: {why}")
     clock.say(f"accelerator {accel.value} ({why})")
-    with tempfile.TemporaryDirectory(prefix="podplug-run-") as tmp:
+    confinement, who = confinement_for(
+        os.geteuid(), real_vfio=has_vfio and not emulate, accel=accel,
+        account=_account(UNPRIVILEGED_USER), kvm_gid=_group_of("/dev/kvm"))
+    notes.append(who)
+    clock.say(who)
+    with tempfile.TemporaryDirectory(prefix="podplug-run-") as tmp, \
+            boot_files(str(image.kernel), str(image.initramfs)) as boot:
+        if confinement.user is not None:
+            os.chown(tmp, *confinement.user)  # QEMU makes the agent socket here
         sock = Path(tmp) / "agent.sock"
         argv = guest_argv(plan, image, sock, device=mapping if emulate else None,
-                          memory_mib=options.memory_mib, accel=accel)
+                          memory_mib=options.memory_mib, accel=accel, boot=boot)
         clock.say("booting VM")
         with clock.phase("vm_total"), Vm(argv, accel=accel, qemu_binary=str(qemu),
-                                         tmp_parent=tmp) as vm:
+                                         tmp_parent=tmp, confinement=confinement,
+                                         pass_fds=boot.fds) as vm:
             rows = _run_in_vm(vm, plan, inputs, options, clock, sock, emulate, mapping, drives)
     clock.say("VM stopped, temporary files removed")
     return RunReport(tuple(rows), accel.value, emulate and has_vfio, tuple(notes),
@@ -225,7 +241,9 @@ def drive_notes(plan: Plan, drives: dict[str, Drive], inventory: HostInventory) 
 def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _Clock,
                sock: Path, emulate: bool, mapping: Callable[[QemuDevice], QemuDevice],
                drives: dict[str, Drive]) -> list[DeviceRow]:
-    with contextlib.closing(AgentClient.connect(sock)) as agent:
+    handing = {name: (drive.node, drive.facts) for name, drive in drives.items()}
+    with contextlib.closing(AgentClient.connect(sock)) as agent, \
+            fdset_drives(vm, handing) as handed:
         with clock.phase("boot"):
             agent.wait_ready(options.boot_timeout)
         clock.say(f"guest agent ready ({clock.timings['boot']:.2f} s after QMP)")
@@ -240,7 +258,7 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
             clock.say(f"{len(release) // 2} window keeper(s) unplugged: their ports keep "
                       "the windows firmware sized")
         hot = hot_devices(plan)
-        steps = plug_steps(hot, device=mapping, drive=lambda n: drives[n.node_name].node)
+        steps = plug_steps(hot, device=mapping, drive=lambda n: handed[n.node_name])
         clock.say(f"hot-plugging {len(hot)} device(s): {len(steps)} QMP steps")
         with clock.phase("hotplug"):
             results: list[StepResult] = carry_batch(vm, steps)
@@ -280,6 +298,21 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
                     raise
         clock.say(f"unplugged {len(hot)} device(s)")
     return rows
+
+
+def _account(name: str) -> Account | None:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return Account(name, entry.pw_uid, entry.pw_gid)
+
+
+def _group_of(path: str) -> int | None:
+    try:
+        return os.stat(path).st_gid
+    except OSError:
+        return None
 
 
 def _report_order(plan: Plan) -> list[DevicePlan]:

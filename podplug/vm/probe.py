@@ -9,7 +9,9 @@ executable file, and names the key it came from when it is not.
 ``query-version``; ``qom-list-types`` (is there an ``iommufd`` object type?);
 ``device-list-properties`` of the devices podplug renders (does ``vfio-pci`` take
 ``iommufd``, ``pcie-root-port`` take ``pref64-reserve``, ``nvme`` take ``pmrdev``?) and
-``qom-list-properties`` of the objects (``memory-backend-ram`` ``reserve``). About
+``qom-list-properties`` of the objects (``memory-backend-ram`` ``reserve``);
+``query-command-line-options`` (is there ``-sandbox``, that is, seccomp?). The probe itself
+runs without the sandbox, since it asks whether there is one. About
 0.2 s; the answer is cached under ``<cache>/qemu/`` keyed by the binary's path, inode, size
 and modification time, so a changed binary is probed again.
 """
@@ -23,12 +25,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from podplug.errors import ConfigError, QemuLacksFeature, VmError
+from podplug.errors import ConfigError, QemuLacksFeature, QmpCommandError, VmError
 from podplug.model.qemu import QemuCapabilities, QemuFeature
-from podplug.vm.process import Accel, Vm
+from podplug.vm.process import Accel, Confinement, Vm
 
 KATA_DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"  # Kata Makefile QEMUPATH, PREFIX=/usr
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 
 #: feature -> (what to ask, type name, property name or None for "the type exists")
 FEATURE_PROBES: dict[QemuFeature, tuple[str, str, str | None]] = {
@@ -38,6 +40,7 @@ FEATURE_PROBES: dict[QemuFeature, tuple[str, str, str | None]] = {
     QemuFeature.MEM_RESERVE: ("device", "pcie-root-port", "mem-reserve"),
     QemuFeature.NVME_PMR: ("device", "nvme", "pmrdev"),
     QemuFeature.MEMORY_NORESERVE: ("object", "memory-backend-ram", "reserve"),
+    QemuFeature.SANDBOX: ("option", "sandbox", None),
 }
 
 
@@ -104,31 +107,50 @@ def probe_qemu(binary: Path, cache_dir: Path | None = None) -> QemuCapabilities:
     if cached is not None and (caps := _load(cached)) is not None:
         return caps
     with Vm(("-machine", "none"), accel=Accel.TCG, qemu_binary=str(binary),
-            name="qemu-probe") as vm:
+            name="qemu-probe", confinement=Confinement(sandbox=False)) as vm:
         version = vm.execute("query-version")
-        types = vm.execute("qom-list-types")
-        names = {t["name"] for t in types if isinstance(t, dict)} \
-            if isinstance(types, list) else set()
-        properties: dict[str, set[str]] = {}
-        for what, typename, _ in FEATURE_PROBES.values():
-            if what != "type" and typename in names and typename not in properties:
-                command = "device-list-properties" if what == "device" else \
-                    "qom-list-properties"
-                listed = vm.execute(command, {"typename": typename})
-                properties[typename] = {p["name"] for p in listed if isinstance(p, dict)} \
-                    if isinstance(listed, list) else set()
+        offered = _offered(vm)
     if not isinstance(version, dict) or not isinstance(version.get("qemu"), dict):
         raise VmError(f"{binary}: query-version returned {version!r}")
     qemu = version["qemu"]
-    features = frozenset(
-        feature for feature, (what, typename, prop) in FEATURE_PROBES.items()
-        if (typename in names if prop is None else prop in properties.get(typename, set())))
+    features = frozenset(feature for feature, (what, typename, prop) in FEATURE_PROBES.items()
+                         if (what, typename, prop) in offered)
     caps = QemuCapabilities(str(binary), (int(qemu["major"]), int(qemu["minor"]),
                                           int(qemu["micro"])),
                             str(version.get("package", "")).strip(), features)
     if cached is not None:
         _save(cached, caps)
     return caps
+
+
+def _names(listed: object, key: str) -> set[str]:
+    return {item[key] for item in listed if isinstance(item, dict)} \
+        if isinstance(listed, list) else set()
+
+
+def _offered(vm: Vm) -> set[tuple[str, str, str | None]]:
+    """Which of :data:`FEATURE_PROBES`' questions the running binary answers yes to."""
+    types = _names(vm.execute("qom-list-types"), "name")
+    offered: set[tuple[str, str, str | None]] = set()
+    properties: dict[str, set[str]] = {}
+    for what, typename, prop in FEATURE_PROBES.values():
+        if what == "option":
+            with contextlib.suppress(QmpCommandError):  # "invalid option name"
+                listed = vm.execute("query-command-line-options", {"option": typename})
+                if typename in _names(listed, "option"):
+                    offered.add((what, typename, prop))
+        elif prop is None:
+            if typename in types:
+                offered.add((what, typename, prop))
+        elif typename in types:
+            if typename not in properties:
+                command = "device-list-properties" if what == "device" else \
+                    "qom-list-properties"
+                properties[typename] = _names(vm.execute(command, {"typename": typename}),
+                                              "name")
+            if prop in properties[typename]:
+                offered.add((what, typename, prop))
+    return offered
 
 
 def require(caps: QemuCapabilities, needed: frozenset[QemuFeature]) -> None:

@@ -261,8 +261,31 @@ class QmpSession:
         """
         client = self._client_or_raise(f"execute {command}")
         args = dict(arguments) if arguments is not None else None
+        return self._command(command, args, client.execute(command, args), timeout)
+
+    def add_fd(self, fd: int, fdset_id: int, opaque: str,
+               timeout: float = DEFAULT_REPLY_TIMEOUT_S) -> object:
+        """QMP ``add-fd``: ``fd`` (not closed) goes to QEMU by ``SCM_RIGHTS`` with the command
+        itself, into fd set ``fdset_id``; QEMU then opens ``/dev/fdset/<fdset_id>`` by
+        duplicating it. The send and the command run back to back in the loop thread, so
+        no other command can take the descriptor (QEMU hands it to the next command read).
+
+        :raise QmpCommandError, HotplugTimeout, VmError, StateError: as :meth:`execute`
+        """
+        client = self._client_or_raise("add-fd")
+        args: dict[str, object] = {"fdset-id": fdset_id, "opaque": opaque}
+
+        async def send() -> object:
+            client.send_fd_scm(fd)
+            return await client.execute("add-fd", args)
+
+        return self._command("add-fd", args, send(), timeout)
+
+    def _command(self, command: str, args: dict[str, object] | None,
+                 awaitable: Awaitable[object], timeout: float) -> object:
+        """Await one command's reply, with QEMU's answers turned into podplug errors."""
         try:
-            return self._run(client.execute(command, args), timeout)
+            return self._run(awaitable, timeout)
         except ExecuteError as exc:
             raise QmpCommandError(command, args, exc.error_class, str(exc)) from exc
         except TimeoutError as exc:

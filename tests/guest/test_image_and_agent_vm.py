@@ -15,13 +15,11 @@ the top check the builder's pure helpers.
 
 from __future__ import annotations
 
-import ctypes
 import gzip
 import hashlib
 import lzma
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +43,7 @@ from podplug.guest.image import (
     parse_softdep,
 )
 from podplug.guest.protocol import AGENT_PORT_NAME, UNKNOWN_ID, parse_devnum, parse_lspci
+from podplug.vm.process import DEFAULT_QEMU, SANDBOX, SETPRIV
 
 vm = pytest.mark.vm
 
@@ -154,12 +153,6 @@ def test_image_is_cached_and_complete(image: GuestImage) -> None:
 # ---------------------------------------------------------------- the VM
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: SIGKILL QEMU when the test process dies (PR_SET_PDEATHSIG)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)
-
-
 @dataclass
 class Guest:
     agent: AgentClient
@@ -172,9 +165,11 @@ class Guest:
 
 
 def qemu_argv(image: GuestImage, d: Path) -> list[str]:
-    """The VM of this module's docstring."""
+    """The VM of this module's docstring, under QEMU's sandbox, started through ``setpriv
+    --pdeathsig`` as :class:`podplug.vm.process.Vm` starts it (no ``preexec_fn``)."""
     return [
-        "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1",
+        SETPRIV, "--pdeathsig", "KILL", DEFAULT_QEMU, *SANDBOX,
+        "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1",
         "-m", "512", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-device", "intel-iommu,intremap=on,caching-mode=on",
         "-kernel", str(image.kernel), "-initrd", str(image.initramfs),
@@ -203,9 +198,8 @@ def qemu_argv(image: GuestImage, d: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def guest(image: GuestImage) -> Iterator[Guest]:
     """One booted VM with a ready agent; QEMU is killed and its directory removed after."""
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
-        pytest.fail("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
+    if not os.access(DEFAULT_QEMU, os.X_OK):
+        pytest.fail(f"{DEFAULT_QEMU} not found (apt-get install qemu-system-x86)")
     d = Path(tempfile.mkdtemp(prefix="podplug-guest-"))
     proc: subprocess.Popen[bytes] | None = None
     agent: AgentClient | None = None
@@ -218,7 +212,7 @@ def guest(image: GuestImage) -> Iterator[Guest]:
         start = time.monotonic()
         proc = subprocess.Popen(
             qemu_argv(image, d), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
         agent = AgentClient.connect(d / "agent.sock", timeout=30)
         try:
