@@ -105,7 +105,7 @@ def _default_cdi() -> list[str]:
 
 def cmd_fake_host(args: argparse.Namespace) -> int:
     from podplug.errors import InputError
-    from podplug.host.fakesysfs import demo_host, eight_gpu_host, prepare_root, write_fake_sysfs
+    from podplug.host.fakesysfs import demo_host, eight_gpu_host, publish_fake_sysfs
 
     root = Path(args.dir)
     backing = root.absolute().parent / f"{root.name}-disk.img"
@@ -113,7 +113,7 @@ def cmd_fake_host(args: argparse.Namespace) -> int:
         raise InputError(f"{backing}: exists and is not a regular file; fake-host writes its "
                          "loop volume's backing file only as a new file")
     host = demo_host(str(backing)) if args.host == "demo" else eight_gpu_host(str(backing))
-    write_fake_sysfs(prepare_root(root), host)
+    publish_fake_sysfs(root, host)
     if not backing.exists():  # sparse: the loop device's backing file, made new, no link
         fd = os.open(backing, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as handle:

@@ -4,6 +4,7 @@ replacing only its own trees."""
 from __future__ import annotations
 
 import html
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -66,3 +67,21 @@ def test_fake_host_replaces_its_own_tree_and_refuses_others(
     assert main(["fake-host", str(tmp_path / "new")]) == 2
     assert "not a regular file" in capsys.readouterr().err
     assert (theirs / "data").read_text() == "keep me"
+    assert not (tmp_path / "new").exists()  # refused before anything was written
+    if os.geteuid() == 0:  # another user's empty directory (podplug as root on a node)
+        other = tmp_path / "other"
+        other.mkdir()
+        os.chown(other, 65534, 65534)
+        assert main(["fake-host", str(other)]) == 2
+        assert "belongs to uid 65534" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_fake_host_tree_links_stay_inside_it(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    assert main(["fake-host", str(root), "--host", "eight-gpu"]) == 0
+    links = [p for p in root.rglob("*") if p.is_symlink()]
+    assert links
+    for link in links:
+        assert not os.readlink(link).startswith("/")
+        assert link.resolve().is_relative_to(root.resolve()), link

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,30 +111,52 @@ class FakeHost:
 MARKER = ".podplug-fake-host"
 
 
-def prepare_root(root: Path) -> Path:
-    """Make ``root`` ready for a fresh fake tree: a new or empty directory, or one an earlier
-    ``fake-host`` wrote (its marker file is there), whose tree is then removed. Refuses a
-    symlink and a directory holding anything else, so it never writes into, or deletes,
-    what it did not make.
+def publish_fake_sysfs(root: Path, host: FakeHost) -> Path:
+    """Write ``host`` as a fresh fake tree at ``root`` without following any link there.
+
+    The tree is written into a new private directory beside ``root`` (``mkdtemp``: 0700,
+    podplug's alone, so nothing can be planted in it meanwhile), then renamed into place.
+    ``root`` may be absent, an empty directory, or one an earlier ``fake-host`` wrote (its
+    marker file is there), which is removed first (``shutil.rmtree`` never follows the links
+    inside); it must be podplug's user's own. A symlink, another user's directory, or one
+    holding anything else is refused: fake-host never writes into, or deletes, what it did
+    not make.
 
     :raises InputError: naming the directory and why.
     """
-    root = Path(root)
+    root = Path(root).absolute()
+    _check_destination(root)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        (staging / MARKER).write_text("written by podplug fake-host: a FAKE sysfs tree\n")
+        write_fake_sysfs(staging, host)
+        os.chmod(staging, 0o755)
+        _check_destination(root)  # again, just before it is replaced
+        if root.exists():
+            shutil.rmtree(root) if any(root.iterdir()) else root.rmdir()
+        os.rename(staging, root)  # fails rather than follow a link planted since
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root
+
+
+def _check_destination(root: Path) -> None:
     if root.is_symlink():
         raise InputError(f"{root}: is a symbolic link; fake-host writes only into a directory "
                          "it makes")
-    if root.exists():
-        if not root.is_dir():
-            raise InputError(f"{root}: exists and is not a directory")
-        marker = root / MARKER
-        if marker.is_file() and not marker.is_symlink():
-            shutil.rmtree(root)  # ours: never follows the links inside
-        elif any(root.iterdir()):
-            raise InputError(f"{root}: not empty and not made by podplug fake-host (no "
-                             f"{MARKER}); choose a new or empty directory")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / MARKER).write_text("written by podplug fake-host: a FAKE sysfs tree\n")
-    return root
+    if not root.exists():
+        return
+    info = root.lstat()
+    if not root.is_dir():
+        raise InputError(f"{root}: exists and is not a directory")
+    if info.st_uid != os.geteuid():
+        raise InputError(f"{root}: belongs to uid {info.st_uid}, not to podplug's user; "
+                         "choose a new directory")
+    marker = root / MARKER
+    if not (marker.is_file() and not marker.is_symlink()) and any(root.iterdir()):
+        raise InputError(f"{root}: not empty and not made by podplug fake-host (no "
+                         f"{MARKER}); choose a new or empty directory")
 
 
 def write_fake_sysfs(root: Path, host: FakeHost) -> Path:
