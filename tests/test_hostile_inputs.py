@@ -222,3 +222,30 @@ def test_a_sysfs_attribute_that_is_not_one(capsys: pytest.CaptureFixture[str], h
     make(vendor)
     code, err = _plan(capsys, host)
     assert code == 3 and "vendor" in _one_error_line(err)
+
+
+# ------------------------------------------------------------------ found by podplug.fuzz
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("[" * 5000, "nested deeper than 64 levels"),  # fuzz seed 1 case 10319: 1.4 s before
+    ('cdiVersion: "0.3.0"\nkind: example.com/bad\ndevices:\n  - ' + "[" * 3000,
+     "nested deeper than 64 levels"),  # case 70723
+    ("cdiVersion: 0.3.0\nkind: example.com/gpu\nn: " + "9" * 5001 + "\n",
+     "a value podplug cannot read"),  # case 51318: a ValueError escaped from PyYAML
+], ids=["deep-flow", "deep-flow-in-devices", "5001-digit-int"])
+def test_hostile_cdi_yaml_is_skipped_with_one_line(capsys: pytest.CaptureFixture[str],
+                                                   host: Path, tmp_path: Path, text: str,
+                                                   said: str) -> None:
+    """A broken CDI spec file is skipped as the reference skips it; the device it would
+    have given is then unresolvable, in one line that names the file and why."""
+    cdi = tmp_path / "cdi"
+    cdi.mkdir()
+    (cdi / "hostile.yaml").write_text(text)
+    spec = _spec_with(tmp_path, **{"cdi.k8s.io/x": "example.com/gpu=0"})
+    started = time.monotonic()
+    code, err = _plan(capsys, host, CONFIG, spec, "--cdi-dir", str(cdi))
+    assert time.monotonic() - started < 1.0
+    line = _one_error_line(err)
+    assert code == 2 and "example.com/gpu=0: unresolvable CDI device" in line
+    assert "hostile.yaml: $: invalid YAML" in line and said in line

@@ -4,7 +4,14 @@ a safe loader does not make by itself:
 
 * a mapping key given twice (goyaml.v2's strict mode refuses it, in JSON files too);
 * aliases (``*name``): a CDI spec has no use for them, and nested aliases are how a few
-  hundred bytes become a "billion laughs" of work for whoever walks the result.
+  hundred bytes become a "billion laughs" of work for whoever walks the result;
+* flow collections (``[``, ``{``) nested more than :data:`MAX_FLOW_DEPTH` deep: PyYAML's
+  scanner keeps a possible simple key per flow level and revisits them all at every token,
+  so 5,000 ``[`` took 1.4 s to refuse (found by ``podplug.fuzz``). A CDI spec nests a few
+  levels.
+
+Values the constructor cannot make (an integer of more than 4,300 digits, Python's bound on
+``int()`` of a string) are errors too.
 
 Any failure is one :class:`StrictYamlError` line with the position.
 """
@@ -17,6 +24,10 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node
+from yaml.scanner import ScannerError
+from yaml.tokens import Token
+
+MAX_FLOW_DEPTH = 64
 
 
 class StrictYamlError(ValueError):
@@ -24,6 +35,12 @@ class StrictYamlError(ValueError):
 
 
 class _StrictLoader(yaml.SafeLoader):
+    def fetch_flow_collection_start(self, token_class: type[Token]) -> None:
+        if self.flow_level >= MAX_FLOW_DEPTH:
+            raise ScannerError(None, None, f"flow collections nested deeper than "
+                               f"{MAX_FLOW_DEPTH} levels", self.get_mark())
+        super().fetch_flow_collection_start(token_class)
+
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         if self.check_event(AliasEvent):
             event = self.peek_event()  # type: ignore[no-untyped-call]
@@ -58,3 +75,6 @@ def load_yaml(text: str) -> object:
         raise StrictYamlError(f"invalid YAML: {' '.join(str(err).split())}"[:300]) from err
     except RecursionError as err:
         raise StrictYamlError("invalid YAML: nested too deeply") from err
+    except ValueError as err:  # int() of over 4,300 digits, in the constructor
+        raise StrictYamlError(f"invalid YAML: a value podplug cannot read "
+                              f"({' '.join(str(err).split())})"[:300]) from err

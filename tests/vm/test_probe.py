@@ -16,6 +16,7 @@ from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan
 from podplug.plan.standin import stand_ins
 from podplug.vm.probe import KATA_DEFAULT_QEMU, probe_qemu, require, resolve_qemu
+from podplug.vm.process import SANDBOX
 from tests.support import block, config, inventory, iommufd_dev, request, vfio_group
 
 QEMU = Path(KATA_DEFAULT_QEMU)
@@ -73,6 +74,11 @@ def test_probe_agrees_with_the_binarys_own_help(tmp_path: Path) -> None:
     assert (QemuFeature.PREF64_RESERVE in caps.features) == \
         ("pref64-reserve=" in _device_help("pcie-root-port"))
     assert (QemuFeature.NVME_PMR in caps.features) == ("pmrdev=" in _device_help("nvme"))
+    # a QEMU without seccomp has no -sandbox option ("invalid option"); -version exits
+    # after the options before it are parsed
+    sandbox = subprocess.run([str(QEMU), *SANDBOX, "-version"], capture_output=True,
+                             timeout=30)
+    assert (QemuFeature.SANDBOX in caps.features) == (sandbox.returncode == 0)
 
 
 @pytest.mark.vm
