@@ -64,7 +64,7 @@ from podplug.plan.topology import Target  # noqa: E402
 from podplug.run.session import guest_argv  # noqa: E402
 from podplug.run.volumes import drive_for  # noqa: E402
 from podplug.vm.hotplug import carry  # noqa: E402
-from podplug.vm.process import Accel, Vm  # noqa: E402
+from podplug.vm.process import DEFAULT_QEMU, Accel, Vm  # noqa: E402
 from podplug.vm.qmp import DEFAULT_REPLY_TIMEOUT_S  # noqa: E402
 from tests.support import live_qemu  # noqa: E402
 
@@ -464,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     print(f"# podplug run benchmark, {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
-    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True,
+    qemu = subprocess.run([DEFAULT_QEMU, "--version"], capture_output=True, text=True,
                           check=True).stdout.splitlines()[0]
     print(f"\nmachine: {platform.machine()}, nproc {os.cpu_count()}, "
           f"Python {platform.python_version()} ({sys.executable}), {platform.platform()}; "

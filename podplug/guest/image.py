@@ -211,15 +211,20 @@ def build_image(cache_dir: Path | None = None, *, force: bool = False) -> GuestI
 # ---------------------------------------------------------------- host tools and packages
 
 
+#: where the builder's tools are looked up: the distribution's directories, never $PATH
+#: (podplug runs as root; a directory early in a user's PATH must not choose its binaries)
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def _need_tool(tool: str, package: str) -> str:
-    path = shutil.which(tool)
+    path = shutil.which(tool, path=SYSTEM_PATH)
     if path is None:
         raise GuestImageError(f"{tool} not found: install package {package} ({_APT_CMD} {package})")
     return path
 
 
 def _run(argv: Sequence[str], *, cwd: Path | None = None) -> str:
-    env = {**os.environ, "LC_ALL": "C"}
+    env = {**os.environ, "LC_ALL": "C", "PATH": SYSTEM_PATH}  # the tools found as checked
     try:
         done = subprocess.run(
             list(argv),
@@ -243,7 +248,7 @@ def _run(argv: Sequence[str], *, cwd: Path | None = None) -> str:
 def find_static_busybox() -> Path:
     """The static busybox binary of package ``busybox-static``."""
     hint = f"install package busybox-static ({_APT_CMD} busybox-static)"
-    for cand in (shutil.which("busybox"), "/bin/busybox", "/usr/bin/busybox"):
+    for cand in (shutil.which("busybox", path=SYSTEM_PATH), "/bin/busybox", "/usr/bin/busybox"):
         if cand and Path(cand).is_file():
             path = Path(cand).resolve()
             if not _is_static_elf(path.read_bytes()):
