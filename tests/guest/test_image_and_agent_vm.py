@@ -421,13 +421,16 @@ def test_garbage_bytes_get_an_err_line_and_the_agent_keeps_serving(guest: Guest)
     assert agent.call("ping", timeout=10).words[0] == "pong"
 
 
-def test_missing_host_tools_name_the_package_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_which = shutil.which
-
-    def which(name: str) -> str | None:
-        return None if name == "apt-cache" else real_which(name)
-
-    monkeypatch.setattr(shutil, "which", which)
+def test_missing_host_tools_name_the_package_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    """The tools are looked up in the system's directories only: one in $PATH is not used."""
+    empty, planted = tmp_path / "system", tmp_path / "planted"
+    empty.mkdir()
+    planted.mkdir()
+    (planted / "apt-cache").write_text("#!/bin/sh\nexit 0\n")
+    (planted / "apt-cache").chmod(0o755)
+    monkeypatch.setattr("podplug.guest.image.SYSTEM_PATH", str(empty))
+    monkeypatch.setenv("PATH", f"{planted}:{os.environ['PATH']}")
     with pytest.raises(GuestImageError, match="apt-get install -y --no-install-recommends apt"):
         build_image(Path("/nonexistent/podplug-cache"))
 
@@ -435,7 +438,8 @@ def test_missing_host_tools_name_the_package_to_install(monkeypatch: pytest.Monk
 def test_dynamic_busybox_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = tmp_path / "busybox"
     fake.write_bytes(Path(sys.executable).resolve().read_bytes()[:65536])  # dynamic ELF
-    monkeypatch.setattr(shutil, "which", lambda name: str(fake) if name == "busybox" else None)
+    fake.chmod(0o755)
+    monkeypatch.setattr("podplug.guest.image.SYSTEM_PATH", str(tmp_path))
     with pytest.raises(GuestImageError, match="busybox-static"):
         find_static_busybox()
 
