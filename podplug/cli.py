@@ -429,19 +429,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from podplug.interrupts import Interrupted, handled
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        code: int = args.func(args)
+        with handled():
+            code: int = args.func(args)
         return code
     except PodplugError as exc:
         if args.debug:
             raise
         print(f"podplug: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("podplug: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signame = f" by {exc}" if isinstance(exc, Interrupted) else ""
+        print(f"podplug: interrupted{signame}; everything it started is stopped and removed",
+              file=sys.stderr)
+        return exc.exit_code if isinstance(exc, Interrupted) else 130
     except BrokenPipeError:  # the reader went away (podplug plan | head): say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

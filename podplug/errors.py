@@ -22,7 +22,9 @@ with its own CLI exit code (``exit_code``)::
      │    ├── HotplugTimeout        the guest or QEMU did not confirm in time
      │    ├── PlacementMismatch     QEMU put a device somewhere other than planned
      │    ├── BatchFailed           a hot-plug batch failed and was rolled back
-     │    └── AgentError            the guest agent replied with an error or not at all
+     │    ├── AgentError            the guest agent replied with an error or not at all
+     │    │    └── AgentLost        ... not at all: the channel broke or a reply never came
+     │    └── RunFailed             ``podplug run`` stopped: the phase, the device, the step
      └── (exit 7 is not an exception: ``podplug run`` found a device not usable)
 
 Bugs are not domain errors: broken invariants are ``assert`` and API misuse is
@@ -273,6 +275,12 @@ class AgentError(VmError):
         super().__init__(f"guest agent {verb}: {problem}")
 
 
+class AgentLost(AgentError):
+    """The agent's channel broke, or a reply did not come in time: what the agent says
+    next (if anything) can no longer be trusted to answer this request, so a run stops
+    rather than marking one device failed and asking on."""
+
+
 class BatchFailed(VmError):
     """A hot-plug batch stopped at one step; the steps before it were rolled back.
 
@@ -292,3 +300,31 @@ class BatchFailed(VmError):
         extra = f"; rollback problems: {'; '.join(rollback_errors)}" if rollback_errors else ""
         super().__init__(f"{command} {subject} ({container_path}) failed, batch rolled back: "
                          f"{cause}{extra}")
+
+
+class RunFailed(VmError):
+    """``podplug run`` stopped on a VM error: in which phase, at which device and step, and
+    what the teardown that followed could not undo (empty when it undid everything).
+
+    :ivar cause: the error met
+    :ivar phase: ``boot``, ``cold-plug read-back``, ``hot-plug``, ``proof``, ``unplug``...
+    :ivar device: the requested device (container path) being handled, or ""
+    :ivar step: what was being done to it (a QMP command and id, an agent verb), or ""
+    :ivar qemu_exit: how QEMU ended when it had died by then ("" when it still ran)
+    """
+
+    def __init__(self, cause: PodplugError, *, phase: str, device: str = "", step: str = "",
+                 qemu_exit: str = "", teardown_errors: Sequence[str] = ()) -> None:
+        self.cause = cause
+        self.phase = phase
+        self.device = device
+        self.step = step
+        self.qemu_exit = qemu_exit
+        self.teardown_errors = tuple(teardown_errors)
+        where = ", ".join(w for w in (device, step) if w)
+        text = f"run failed in {phase}{f' ({where})' if where else ''}: {cause}"
+        if qemu_exit:
+            text += f"; {qemu_exit}"
+        if teardown_errors:
+            text += f"; teardown left: {'; '.join(teardown_errors)}"
+        super().__init__(text)

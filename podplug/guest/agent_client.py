@@ -6,9 +6,10 @@ QEMU side::
     -chardev socket,id=agentch,path=SOCK,server=on,wait=off
     -device virtserialport,bus=vser0.0,chardev=agentch,name=podplug.agent
 
-Every wait is bounded. A missing or broken channel raises :class:`AgentError`, which names
-the verb. An ``ERR`` reply is raised as :func:`podplug.guest.protocol.error_for` maps it: a
-guest-side ``timeout`` becomes :class:`HotplugTimeout`.
+Every wait is bounded. A missing or broken channel, or a reply that never comes, raises
+:class:`AgentLost` (an :class:`AgentError`), which names the verb. An ``ERR`` reply is
+raised as :func:`podplug.guest.protocol.error_for` maps it: a guest-side ``timeout``
+becomes :class:`HotplugTimeout`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from itertools import count
 from pathlib import Path
 from types import TracebackType
 
-from podplug.errors import AgentError
+from podplug.errors import AgentError, AgentLost
 from podplug.guest.protocol import (
     AgentReply,
     ReplyLine,
@@ -83,7 +84,7 @@ class AgentClient:
         try:
             self._sock.sendall(data)
         except OSError as exc:
-            raise AgentError("send", f"{self.path}: {exc}") from exc
+            raise AgentLost("send", f"{self.path}: {exc}") from exc
 
     def _try_send(self, data: bytes) -> bool:
         """Send without blocking; ``False`` when nothing could be sent.
@@ -99,7 +100,7 @@ class AgentClient:
         except (BlockingIOError, TimeoutError):
             return False
         except OSError as exc:
-            raise AgentError("send", f"{self.path}: {exc}") from exc
+            raise AgentLost("send", f"{self.path}: {exc}") from exc
         return True
 
     def read_line(self, deadline: float, verb: str) -> ReplyLine | None:
@@ -118,9 +119,9 @@ class AgentClient:
             except TimeoutError:
                 continue
             except OSError as exc:
-                raise AgentError(verb, f"{self.path}: {exc}") from exc
+                raise AgentLost(verb, f"{self.path}: {exc}") from exc
             if not chunk:
-                raise AgentError(verb, f"{self.path}: channel closed (QEMU gone?)")
+                raise AgentLost(verb, f"{self.path}: channel closed (QEMU gone?)")
             self._buf += chunk
         raw, _, self._buf = self._buf.partition(b"\n")
         return parse_reply_line(raw.decode("utf-8", "replace"))
@@ -142,7 +143,7 @@ class AgentClient:
         while True:
             now = time.monotonic()
             if now >= deadline:
-                raise AgentError("ping", f"agent not ready within {timeout:.1f} s")
+                raise AgentLost("ping", f"agent not ready within {timeout:.1f} s")
             request_id = self._next_id("p")
             if self._try_send(format_request(request_id, "ping").encode()):
                 sent.add(request_id)
@@ -172,7 +173,7 @@ class AgentClient:
             try:
                 reply = self.read_line(deadline, verb)
             except TimeoutError:
-                raise AgentError(verb, f"no reply within {timeout:.1f} s") from None
+                raise AgentLost(verb, f"no reply within {timeout:.1f} s") from None
             if reply is None:
                 continue
             if reply.request_id != request_id:

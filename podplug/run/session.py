@@ -22,11 +22,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from podplug.errors import PodplugError
+from podplug.errors import PodplugError, RunFailed, VmError
 from podplug.guest.agent_client import AgentClient
 from podplug.guest.image import GuestImage, build_image, default_cache_dir
 from podplug.host.volumes import VolumeFacts, read_volume
 from podplug.inputs.load import Inputs
+from podplug.interrupts import until_signal
 from podplug.model.enums import Bucket, HotplugMode
 from podplug.model.host import HostInventory
 from podplug.model.qemu import QemuFeature
@@ -34,6 +35,7 @@ from podplug.plan.model import BlockdevNode, DevicePlan, Plan, QemuDevice
 from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan as make_plan
 from podplug.plan.sequence import (
+    Step,
     hot_devices,
     plug_steps,
     release_steps,
@@ -55,6 +57,7 @@ from podplug.vm.qompath import read_placement
 
 AGENT_PORT = "podplug.agent"
 CONTAINER_DIR = "/run/podplug/ctr"
+TEARDOWN_UNPLUG_S = 5.0  # a failed run's unplugs: a guest that ignored one ignores the rest
 USUAL_BOOT_S = 10.0  # QMP to agent ready under TCG here is ~5 s; slower guests get more time
 
 
@@ -179,10 +182,18 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
         argv = guest_argv(plan, image, sock, device=mapping if emulate else None,
                           memory_mib=options.memory_mib, accel=accel, boot=boot)
         clock.say("booting VM")
+        where = _Where()
         with clock.phase("vm_total"), Vm(argv, accel=accel, qemu_binary=str(qemu),
                                          tmp_parent=tmp, confinement=confinement,
                                          pass_fds=boot.fds) as vm:
-            rows = _run_in_vm(vm, plan, inputs, options, clock, sock, emulate, mapping, drives)
+            try:
+                rows = _run_in_vm(vm, plan, inputs, options, clock, sock, emulate, mapping,
+                                  drives, where)
+            except VmError as exc:
+                code = vm.exit_code
+                raise RunFailed(exc, phase=where.phase, device=where.device, step=where.step,
+                                qemu_exit="" if code is None else f"QEMU had exited ({code})",
+                                teardown_errors=where.teardown_errors) from exc
     clock.say("VM stopped, temporary files removed")
     return RunReport(tuple(rows), accel.value, emulate and has_vfio, tuple(notes),
                      clock.timings)
@@ -238,21 +249,38 @@ def drive_notes(plan: Plan, drives: dict[str, Drive], inventory: HostInventory) 
     return notes
 
 
+@dataclass
+class _Where:
+    """Where a run is, for the error that stops it (:class:`RunFailed`)."""
+
+    phase: str = "boot"
+    device: str = ""
+    step: str = ""
+    teardown_errors: list[str] = field(default_factory=list)
+
+    def at(self, phase: str, device: str = "", step: str = "") -> None:
+        self.phase, self.device, self.step = phase, device, step
+
+
 def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _Clock,
                sock: Path, emulate: bool, mapping: Callable[[QemuDevice], QemuDevice],
-               drives: dict[str, Drive]) -> list[DeviceRow]:
+               drives: dict[str, Drive], where: _Where) -> list[DeviceRow]:
     handing = {name: (drive.node, drive.facts) for name, drive in drives.items()}
     with contextlib.closing(AgentClient.connect(sock)) as agent, \
             fdset_drives(vm, handing) as handed:
+        where.at("boot", step="agent ping")
         with clock.phase("boot"):
             agent.wait_ready(options.boot_timeout)
         clock.say(f"guest agent ready ({clock.timings['boot']:.2f} s after QMP)")
         actual: dict[str, str] = {}
         for device in plan.in_bucket(Bucket.COLD_VFIO):
             for function in device.functions:
+                where.at("cold-plug read-back", device.request.path,
+                         f"qom-get {function.qemu.id}")
                 actual[function.qemu.id] = str(read_placement(vm.qmp, function.qemu.id).path)
         release = release_steps(plan)
         if release:
+            where.at("window keeper release")
             with clock.phase("release"):
                 carry_batch(vm, release)
             clock.say(f"{len(release) // 2} window keeper(s) unplugged: their ports keep "
@@ -260,44 +288,73 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
         hot = hot_devices(plan)
         steps = plug_steps(hot, device=mapping, drive=lambda n: handed[n.node_name])
         clock.say(f"hot-plugging {len(hot)} device(s): {len(steps)} QMP steps")
+        where.at("hot-plug")
         with clock.phase("hotplug"):
             results: list[StepResult] = carry_batch(vm, steps)
         for result in results:
             if result.actual_path is not None:
                 actual[result.step.subject] = str(result.actual_path)
-        slowness = max(1.0, clock.timings["boot"] / USUAL_BOOT_S)
-        if slowness > 1.0:
-            clock.say(f"slow guest: agent timeouts scaled by {slowness:.1f}")
-        prover = GuestProver(agent, plan, inputs.inventory, CONTAINER_DIR, emulate, slowness,
-                             volumes={d.request.path: (drives[d.blockdev.node_name].facts,
-                                                       drives[d.blockdev.node_name].depth)
-                                      for d in plan.in_bucket(Bucket.HOT_BLOCK)
-                                      if d.blockdev is not None})
-        proven: dict[int, DeviceRow] = {}
-        order = _report_order(plan)
-        with clock.phase("verify"):
-            for index in _proof_order(order):
-                device = order[index]
-                started = time.monotonic()
-                row = prover.prove(device, actual)
-                proven[index] = _timed(row, time.monotonic() - started, results, device)
-                clock.say(f"{'OK  ' if row.usable else 'FAIL'} {device.request.path}: "
-                          f"{row.check or row.error}")
-        rows = [proven[i] for i in range(len(order))]
-        if options.keep_running:
-            clock.say(f"keeping the VM running (QMP in {vm.workdir}); Ctrl-C to stop")
-            with contextlib.suppress(KeyboardInterrupt):
-                while vm.alive:
-                    time.sleep(1.0)
-        with clock.phase("unplug"):
-            for step in unplug_steps(hot, device=mapping):
-                try:
+        teardown = list(unplug_steps(hot, device=mapping))
+        try:
+            rows = _prove(vm, plan, inputs, options, clock, agent, emulate, drives, actual,
+                          results, where)
+            with clock.phase("unplug"):
+                while teardown:
+                    step = teardown[0]
+                    where.at("unplug", step.container_path, f"{step.kind.value} {step.subject}")
                     carry(vm, step)
-                except PodplugError as exc:
-                    clock.say(f"unplug {step.subject} failed: {exc}")
-                    raise
+                    teardown.pop(0)
+        except BaseException:
+            if vm.alive:  # the run stops here: take out what it plugged before QEMU quits
+                where.teardown_errors += _tear_down(vm, teardown)
+            raise
         clock.say(f"unplugged {len(hot)} device(s)")
     return rows
+
+
+def _prove(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _Clock,
+           agent: AgentClient, emulate: bool, drives: dict[str, Drive],
+           actual: dict[str, str], results: list[StepResult], where: _Where) -> list[DeviceRow]:
+    slowness = max(1.0, clock.timings["boot"] / USUAL_BOOT_S)
+    if slowness > 1.0:
+        clock.say(f"slow guest: agent timeouts scaled by {slowness:.1f}")
+    prover = GuestProver(agent, plan, inputs.inventory, CONTAINER_DIR, emulate, slowness,
+                         volumes={d.request.path: (drives[d.blockdev.node_name].facts,
+                                                   drives[d.blockdev.node_name].depth)
+                                  for d in plan.in_bucket(Bucket.HOT_BLOCK)
+                                  if d.blockdev is not None})
+    proven: dict[int, DeviceRow] = {}
+    order = _report_order(plan)
+    with clock.phase("verify"):
+        for index in _proof_order(order):
+            device = order[index]
+            where.at("proof", device.request.path, "guest agent")
+            started = time.monotonic()
+            row = prover.prove(device, actual)
+            proven[index] = _timed(row, time.monotonic() - started, results, device)
+            clock.say(f"{'OK  ' if row.usable else 'FAIL'} {device.request.path}: "
+                      f"{row.check or row.error}")
+    if options.keep_running:
+        where.at("keep running")
+        clock.say(f"keeping the VM running (QMP in {vm.workdir}); Ctrl-C to stop")
+        until_signal(lambda: not vm.alive)
+        if not vm.alive:
+            raise VmError("QEMU exited while kept running")
+    return [proven[i] for i in range(len(order))]
+
+
+def _tear_down(vm: Vm, steps: list[Step]) -> list[str]:
+    """Best effort, bounded: the unplug steps a failed run did not get to. Returns what
+    could not be undone (QEMU quits right after, taking it along)."""
+    problems: list[str] = []
+    for step in steps:
+        if not vm.alive:
+            return [*problems, "QEMU exited during the teardown"]
+        try:
+            carry(vm, step, unplug_timeout=TEARDOWN_UNPLUG_S)
+        except PodplugError as exc:
+            problems.append(f"{step.kind.value} {step.subject}: {exc}")
+    return problems
 
 
 def _account(name: str) -> Account | None:

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from dataclasses import replace as _replace
 
-from podplug.errors import PodplugError
+from podplug.errors import AgentLost, PodplugError
 from podplug.guest.agent_client import AgentClient
 from podplug.guest.protocol import (
     AgentReply,
@@ -140,6 +140,8 @@ class GuestProver:
             if device.agent.type in (AgentDeviceType.BLK, AgentDeviceType.SCSI):
                 return self._volume(device, device.agent, resolution, row)
             return self._vfio(device, device.agent, resolution, row, actual)
+        except AgentLost:
+            raise  # the channel failed, not this device: the run stops
         except PodplugError as exc:
             return _replace(base, error=str(exc))
 

@@ -58,6 +58,7 @@ from types import TracebackType
 from typing import NoReturn, TypeVar
 
 from podplug.errors import HotplugTimeout, QemuLaunchError, StateError, VmError
+from podplug.interrupts import deferred
 from podplug.vm.qmp import DEFAULT_REPLY_TIMEOUT_S, EventMatch, EventWatch, QmpEvent, QmpSession
 
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"  # never looked up in $PATH (issue 10)
@@ -132,6 +133,16 @@ def build_argv(qemu_binary: str, accel: Accel, workdir: Path, tail: Sequence[str
     ]  # fmt: skip
 
 
+def _proc_state(pid: int) -> str:
+    """The kernel's word on a process (``State:`` of ``/proc/PID/status``), for errors."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            return next((line.strip() for line in status if line.startswith("State:")),
+                        "no State line")
+    except OSError as exc:
+        return f"/proc/{pid}: {exc.strerror}"
+
+
 def _tail(path: Path, limit: int) -> str:
     try:
         data = path.read_bytes()
@@ -202,6 +213,11 @@ class Vm:
         return self._proc.pid if self._proc is not None else None
 
     @property
+    def exit_code(self) -> int | None:
+        """QEMU's exit status once it has ended (negative: the signal), else ``None``."""
+        return self._proc.poll() if self._proc is not None else None
+
+    @property
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -267,8 +283,8 @@ class Vm:
             uid, gid = confined.user
             os.chown(self._workdir, uid, gid)
             user = {"user": uid, "group": gid, "extra_groups": list(confined.groups)}
-        with open(self._workdir / "qemu.log", "wb") as log:
-            try:
+        with open(self._workdir / "qemu.log", "wb") as log, deferred():
+            try:  # deferred: no signal between the child's start and its record here
                 self._proc = subprocess.Popen(  # type: ignore[call-overload]
                     (SETPRIV, "--pdeathsig", "KILL", *self._argv),
                     stdin=subprocess.DEVNULL,
@@ -426,7 +442,8 @@ class Vm:
                     proc.wait(_KILL_WAIT_S)
                 except subprocess.TimeoutExpired as exc:
                     raise VmError(
-                        f"QEMU pid {proc.pid} survived SIGKILL for {_KILL_WAIT_S} s"
+                        f"QEMU pid {proc.pid} survived SIGKILL for {_KILL_WAIT_S} s "
+                        f"({_proc_state(proc.pid)})"
                     ) from exc
         finally:
             if self._qmp is not None:

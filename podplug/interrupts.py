@@ -1,0 +1,99 @@
+"""SIGINT, SIGTERM and SIGHUP as an exception, so that every cleanup runs (issue 11).
+
+SIGTERM's and SIGHUP's default action ends the process at once: no ``finally``, no
+``with`` exit, so a ``podplug run`` stopped that way left its temporary directories, agent
+socket and (had ``PR_SET_PDEATHSIG`` not been set) QEMU behind. :func:`handled` turns the
+first of these signals into :class:`Interrupted` (a ``KeyboardInterrupt``, so the code
+that already cleans up after Ctrl-C cleans up after each), and ignores the ones that
+follow while that cleanup runs: a second Ctrl-C must not cut short the teardown of the
+first. The CLI exits ``128 + signal number`` (130, 143, 129), as a shell reports a signal.
+
+:func:`deferred` holds a signal back over a few statements that must not be split (a
+child process started but not yet recorded): it is raised when the block ends.
+:func:`until_signal` waits for one where a signal is the expected end (``run
+--keep-running``), taking it as a value instead of an exception landing anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import FrameType
+
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A handled signal arrived; ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class _State:
+    depth = 0  # inside deferred() blocks
+    pending: int | None = None  # a signal held back by deferred()
+    raised = False  # the one Interrupted has been raised: ignore the rest
+
+
+def _handler(signum: int, _frame: FrameType | None) -> None:
+    if _State.raised:
+        return
+    if _State.depth:
+        _State.pending = _State.pending or signum
+        return
+    _State.raised = True
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def handled() -> Iterator[None]:
+    """Signals become :class:`Interrupted` inside the block; the old handlers after it.
+    Outside the main thread (where Python cannot take signals) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in HANDLED}
+    _State.raised, _State.pending = False, None
+    for s in HANDLED:
+        signal.signal(s, _handler)
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A signal that arrives inside the block is raised when it ends (outermost block)."""
+    _State.depth += 1
+    try:
+        yield
+    finally:
+        _State.depth -= 1
+    # on an exception the signal stays pending (the exception is already ending the block)
+    if not _State.depth and _State.pending is not None and not _State.raised:
+        signum, _State.pending = _State.pending, None
+        _State.raised = True
+        raise Interrupted(signum)
+
+
+def until_signal(done: Callable[[], bool], interval: float = 0.2) -> int | None:
+    """Wait until a handled signal arrives (returned, and consumed) or ``done()``."""
+    _State.depth += 1
+    try:
+        while _State.pending is None and not done():
+            time.sleep(interval)
+        signum, _State.pending = _State.pending, None
+        return signum
+    finally:
+        _State.depth -= 1

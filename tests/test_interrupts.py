@@ -1,0 +1,55 @@
+"""Signals as one exception, held back where a statement pair must not be split
+(:mod:`podplug.interrupts`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from podplug.interrupts import Interrupted, deferred, handled, until_signal
+
+
+def test_sigterm_becomes_interrupted_with_the_shells_exit_code() -> None:
+    with pytest.raises(Interrupted) as caught, handled():
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0)  # a bytecode boundary for the handler to run at
+    assert caught.value.exit_code == 143 and caught.value.signum == signal.SIGTERM
+    assert isinstance(caught.value, KeyboardInterrupt)  # the Ctrl-C cleanups apply
+
+
+def test_the_signals_after_the_first_are_ignored_during_cleanup() -> None:
+    with handled():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.sigtimedwait([], 0)
+        except Interrupted:
+            os.kill(os.getpid(), signal.SIGTERM)  # a second one while cleaning up
+            os.kill(os.getpid(), signal.SIGINT)
+            cleaned = True
+    assert cleaned
+
+
+def test_deferred_raises_at_the_end_of_the_block() -> None:
+    steps = []
+    with pytest.raises(Interrupted), handled():
+        with deferred():
+            os.kill(os.getpid(), signal.SIGHUP)
+            steps.append("started")
+            steps.append("recorded")  # the pair is not split
+        steps.append("never")
+    assert steps == ["started", "recorded"]
+
+
+def test_until_signal_takes_it_as_a_value() -> None:
+    with handled():
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        previous = signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(),
+                                                                    signal.SIGINT))
+        try:
+            assert until_signal(lambda: False, interval=0.01) == signal.SIGINT
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+        assert until_signal(lambda: True) is None  # done() ends it without a signal
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
