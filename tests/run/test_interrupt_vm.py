@@ -47,3 +47,30 @@ def test_ctrl_c_cleans_up(marker: str, extra: tuple[str, ...]) -> None:
         assert "interrupted" in text
     assert live_qemu() <= before_qemu
     assert podplug_temp_entries() <= before_dirs
+
+
+PHASE_MARKERS = {  # the progress line after which the signal is sent -> the phase it hits
+    "boot": "booting VM",
+    "read-back and hot-plug": "guest agent ready",
+    "hot-plug batch": "hot-plugging",
+    "proof": "OK   /dev/vfio/12",
+    "unplug": "OK   /dev/vfio/vfio",
+    "shutdown": "unplugged",
+}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+@pytest.mark.parametrize("phase", list(PHASE_MARKERS))
+def test_a_signal_in_any_phase_cleans_up(signum: int, phase: str) -> None:
+    """SIGTERM's default action would skip every cleanup; podplug turns it (and SIGINT)
+    into an orderly stop: exit 128 + signal, nothing left."""
+    before_dirs, before_qemu = podplug_temp_entries(), live_qemu()
+    proc, seen = _run_until(PHASE_MARKERS[phase])
+    assert any(PHASE_MARKERS[phase] in line for line in seen), "".join(seen)
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=60)
+    text = "".join(seen) + out
+    assert proc.returncode == 128 + signum, text
+    assert f"interrupted by {signal.Signals(signum).name}" in text
+    assert live_qemu() <= before_qemu
+    assert podplug_temp_entries() <= before_dirs
