@@ -350,6 +350,8 @@ v_help() {
     data "vfio-bind BDF"
     data "fs-check NODE"
     data "serial BDF|DISK"
+    data "blk-sums NODE MIB COUNT"
+    data "blk-write NODE MIB COUNT"
     data "ro-check NODE"
     data "modules GROUP"
     data "bars BDF"
@@ -481,6 +483,49 @@ v_ro_check() {
     _tail=$(dd if="$1" bs=512 count=8 skip=$((_size / 512 - 8)) iflag=direct 2>/dev/null | sha256sum) \
         || fail failed "cannot read the end of $1"
     ok "type=b size=$_size head=${_head%% *} tail=${_tail%% *}"
+}
+
+# blk-sums NODE MIB COUNT / blk-write NODE MIB COUNT: the SHA-256 of each MiB of COUNT MiB
+# from MiB offset MIB, read with O_DIRECT (the device, not the guest's page cache); write
+# first fills them with fresh random bytes (O_DIRECT, then fsync: on the host's side of
+# QEMU when the reply comes). The host compares the sums with its own of the same bytes.
+blk_range() {
+    check_abs NODE "$1"
+    [ -b "$1" ] || fail not-found "$1 is not a block device node"
+    is_uint "$2" && is_uint "$3" && [ "$3" -ge 1 ] && [ "$3" -le 64 ] \
+        || fail invalid "MIB and COUNT must be whole numbers, COUNT 1..64"
+    _size=$(blockdev --getsize64 "$1") || fail failed "cannot size $1"
+    [ $((($2 + $3) * 1048576)) -le "$_size" ] || fail invalid "MiB $2+$3 is beyond $1 ($_size bytes)"
+}
+
+blk_sums() {  # NODE MIB COUNT [FLAG]: FLAG "iflag=direct" for a device (tmpfs has none)
+    _sums=
+    _i=0
+    while [ "$_i" -lt "$3" ]; do
+        _h=$(dd if="$1" bs=1048576 count=1 skip=$(($2 + _i)) ${4:-} 2>/dev/null | sha256sum) \
+            || fail failed "cannot read MiB $(($2 + _i)) of $1"
+        _sums=$_sums${_sums:+,}${_h%% *}
+        _i=$((_i + 1))
+    done
+    ok "sums=$_sums"
+}
+
+v_blk_sums() {
+    [ $# -eq 3 ] || usage "blk-sums NODE MIB COUNT"
+    blk_range "$@"
+    blk_sums "$@" iflag=direct
+}
+
+v_blk_write() {
+    [ $# -eq 3 ] || usage "blk-write NODE MIB COUNT"
+    blk_range "$@"
+    [ "$(blockdev --getro "$1")" = 0 ] || fail failed "$1 is read-only"
+    _t=$(mktemp /tmp/blk.XXXXXX) || fail failed "mktemp"
+    trap 'rm -f "$_t"' EXIT
+    dd if=/dev/urandom of="$_t" bs=1048576 count="$3" 2>/dev/null || fail failed "no random bytes"
+    dd if="$_t" of="$1" bs=1048576 seek="$2" oflag=direct conv=notrunc,fsync 2>/dev/null \
+        || fail failed "cannot write $1 at MiB $2"
+    blk_sums "$_t" 0 "$3"
 }
 
 v_serial() {
@@ -636,6 +681,8 @@ handle_line() {
         fs-check) _fn=v_fs_check ;;
         bars) _fn=v_bars ;;
         ro-check) _fn=v_ro_check ;;
+        blk-sums) _fn=v_blk_sums ;;
+        blk-write) _fn=v_blk_write ;;
         modules) _fn=v_modules ;;
         device) _fn=v_device ;;
         *)
