@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from podplug.fuzz.case import Case, Corpus, make_case
@@ -44,8 +46,13 @@ def load_corpus(dirs: Sequence[Path]) -> Corpus:
     return Corpus(tuple(dict.fromkeys(kata)), tuple(dict.fromkeys(spec)), tuple(cdi))
 
 
-def _init(seed: int, dirs: Sequence[Path], limit: float, parent: str) -> None:
+def _init(seed: int, dirs: Sequence[Path], limit: float, parent: str,
+          worker: bool = False) -> None:
     global _bench, _corpus, _seed, _limit
+    if worker:  # the parent takes the signals and ends the pool; a worker just goes
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _seed, _limit = seed, limit
     _corpus = load_corpus(dirs)
     _bench = Workbench(Path(tempfile.mkdtemp(prefix="worker-", dir=parent)), seed)
@@ -62,18 +69,54 @@ def _one(index: int) -> Result:
     return _bench.run(case_of(index), _limit)
 
 
+def _worker(k: int, jobs: int, start: int, count: int, seed: int, dirs: Sequence[Path],
+            limit: float, parent: str, conn: Connection) -> None:
+    """Worker ``k`` of ``jobs``: the cases ``start + k``, ``start + k + jobs``..."""
+    _init(seed, dirs, limit, parent, worker=True)
+    for index in range(start + k, start + count, jobs):
+        conn.send(_one(index))
+    conn.send(None)
+    conn.close()
+
+
 def run_cases(count: int, *, seed: int, jobs: int, limit: float, dirs: Sequence[Path],
               start: int = 0) -> Iterator[Result]:
-    """Every result of cases ``start .. start+count-1``, in completion order."""
+    """Every result of cases ``start .. start+count-1``, in completion order. The workers
+    are forked processes of podplug's own (no pool), each killed and reaped on every exit
+    path, an interrupt included."""
     with tempfile.TemporaryDirectory(prefix="podplug-fuzz-") as parent:
         if jobs <= 1:
             _init(seed, dirs, limit, parent)
             yield from (_one(i) for i in range(start, start + count))
             return
         context = multiprocessing.get_context("fork")
-        with context.Pool(jobs, initializer=_init,
-                          initargs=(seed, list(dirs), limit, parent)) as pool:
-            yield from pool.imap_unordered(_one, range(start, start + count), chunksize=64)
+        workers = []
+        try:
+            for k in range(jobs):
+                mine, theirs = context.Pipe(duplex=False)
+                proc = context.Process(target=_worker, args=(
+                    k, jobs, start, count, seed, list(dirs), limit, parent, theirs))
+                proc.start()
+                theirs.close()
+                workers.append((proc, mine))
+            open_ends = [conn for _, conn in workers]
+            while open_ends:
+                for ready in wait(open_ends):
+                    assert isinstance(ready, Connection)
+                    try:
+                        result = ready.recv()
+                    except EOFError:
+                        result = None  # a worker that died: its cases are missing
+                    if result is None:
+                        open_ends.remove(ready)
+                    else:
+                        yield result
+        finally:
+            for proc, conn in workers:
+                if proc.is_alive():
+                    proc.kill()
+                proc.join()
+                conn.close()
 
 
 def save_case(case: Case, folder: Path) -> None:
@@ -122,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if seconds:
         print(f"  per case: median {statistics.median(seconds) * 1000:.1f} ms, "
               f"max {max(seconds) * 1000:.0f} ms")
+    missing = count - len(seconds)
+    if missing:
+        print(f"  {missing:>8}  MISSING (a worker died before reporting them)")
     for result in sorted(failures, key=lambda f: f.index)[:50]:
         print(f"  case {result.index}: {result.outcome.name}: {result.detail}")
     if failures and args.save:
@@ -130,8 +176,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             for result in failures[:50]:
                 save_case(case_of(result.index), args.save / f"case-{result.index}")
         print(f"  failing cases written to {args.save}")
-    return 1 if failures else 0
+    return 1 if failures or missing else 0
+
+
+def _main() -> int:
+    """``main`` with SIGINT/SIGTERM turned into an orderly stop (the work directory and the
+    workers go with it)."""
+    from podplug.interrupts import Interrupted, handled
+
+    try:
+        with handled():
+            return main()
+    except Interrupted as exc:
+        print(f"podplug fuzz: interrupted by {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main())
