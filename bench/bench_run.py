@@ -47,8 +47,8 @@ if str(REPO) not in sys.path:  # ``python3 bench/bench_run.py`` puts bench/ firs
 from bench.bench_plan import git_state, load, podplug_exe, table  # noqa: E402
 from podplug.errors import QmpCommandError  # noqa: E402
 from podplug.guest.agent_client import AgentClient  # noqa: E402
-from podplug.guest.image import GuestImage, build_image  # noqa: E402
 from podplug.host.fakesysfs import demo_host, write_fake_sysfs  # noqa: E402
+from podplug.image.build import GuestImage, build_image  # noqa: E402
 from podplug.inputs.load import Inputs, load_inputs  # noqa: E402
 from podplug.model.enums import Bucket, HotplugMode  # noqa: E402
 from podplug.plan.model import DevicePlan, Plan, QemuDevice  # noqa: E402

@@ -27,10 +27,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from podplug.guest.agent_client import AgentClient
-from podplug.guest.image import build_image
 from podplug.guest.protocol import parse_lspci
 from podplug.host.fakesysfs import demo_host, write_fake_sysfs
 from podplug.host.sysfs import scan_host
+from podplug.image.build import build_image
 from podplug.inputs.kata import parse_kata_text
 from podplug.inputs.oci import parse_oci_text
 from podplug.plan.plan import plan

@@ -124,7 +124,7 @@ def cmd_fake_host(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from podplug.guest.image import build_image
+    from podplug.image.build import build_image
 
     image = build_image(Path(args.cache) if args.cache else None, force=args.force)
     print(f"kernel    {image.kernel} ({image.kernel_version})")
@@ -300,7 +300,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def _probe(config: RuntimeConfig, override: str | None) -> QemuCapabilities | ConfigError:
     """The configured QEMU binary's capabilities, or why there is none (for doctor)."""
     from podplug.errors import ConfigError
-    from podplug.guest.image import default_cache_dir
+    from podplug.image.cache import default_cache_dir
     from podplug.vm.probe import probe_qemu, resolve_qemu
 
     hv = config.hypervisor

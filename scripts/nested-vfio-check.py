@@ -8,7 +8,7 @@ devices. This script makes a machine that has one and runs podplug there:
   an emulated NVMe controller (1b36:0010, serial NESTED-NVME-0001) alone on a
   pcie-root-port, and the host's root filesystem shared read-only over virtio-9p
   (plus a writable scratch share for the results). L1's kernel is podplug's own guest
-  kernel; its initramfs (built here with ``podplug.guest.image.NewcArchive``) holds static
+  kernel; its initramfs (built here with ``podplug.image.cpio.NewcArchive``) holds static
   busybox, the 9p / loop / vfio modules and an ``/init`` script.
 * L1's ``/init`` binds the NVMe to vfio-pci, attaches a loop device to a file, writes a Kata
   configuration (vfio_mode=vfio, cold_plug_vfio=root-port, virtio-blk) and an OCI spec
@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import lzma
 import os
 import shlex
 import shutil
@@ -46,16 +45,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from podplug.guest.image import (
-    BASE_CMDLINE,
-    NewcArchive,
-    build_image,
-    busybox_applets,
-    default_cache_dir,
-    find_static_busybox,
-    index_modules,
-    load_order,
-)
+from podplug.image.build import BASE_CMDLINE, build_image
+from podplug.image.cache import default_cache_dir
+from podplug.image.cpio import NewcArchive
+from podplug.image.kmod import load_order
+from podplug.image.modtree import index_modules, modinfo_reader, read_module
+from podplug.image.tools import busybox_applets, find_static_busybox
 
 L1_MODULES = ("virtio_pci", "9p", "9pnet_virtio", "loop", "vfio", "vfio_iommu_type1", "vfio_pci")
 NVME_SERIAL = "NESTED-NVME-0001"
@@ -159,7 +154,7 @@ def build_l1_initramfs(deb: Path, work: Path, podplug_cmd: str) -> tuple[bytes, 
     subprocess.run(["dpkg", "-x", str(deb), str(tree)], check=True, timeout=300)
     moddirs = sorted((tree / "lib" / "modules").glob("*/kernel"))
     index = index_modules(moddirs[0])
-    order, _skipped = load_order(list(L1_MODULES), index)
+    order, _skipped = load_order(list(L1_MODULES), index, modinfo_reader(index))
     busybox = find_static_busybox()
     archive = NewcArchive()
     for name in ("proc", "sys", "dev", "tmp", "host", "scratch", "etc/l1"):
@@ -173,9 +168,8 @@ def build_l1_initramfs(deb: Path, work: Path, podplug_cmd: str) -> tuple[bytes, 
     files = []
     for name in order:
         src = index[name]
-        blob = lzma.decompress(src.read_bytes()) if src.name.endswith(".xz") else src.read_bytes()
         fname = src.name.removesuffix(".xz")
-        archive.add_file(f"lib/modules/l1/{fname}", blob)
+        archive.add_file(f"lib/modules/l1/{fname}", read_module(src))
         files.append(fname)
     archive.add_file("etc/l1/modules", "".join(f + "\n" for f in files).encode())
     archive.add_file("init", L1_INIT.replace("@PODPLUG@", podplug_cmd).encode(), 0o755)

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from podplug.errors import PodplugError, RunFailed, VmError
 from podplug.guest.agent_client import AgentClient
-from podplug.guest.image import GuestImage, build_image, default_cache_dir
 from podplug.host.volumes import VolumeFacts, read_volume
+from podplug.image.build import GuestImage, build_image
+from podplug.image.cache import default_cache_dir
 from podplug.inputs.load import Inputs
 from podplug.interrupts import until_signal
 from podplug.model.enums import Bucket, HotplugMode

@@ -9,19 +9,17 @@ with a vIOMMU (``intel-iommu`` plus ``intel_iommu=on``) and these devices:
 * an NVMe controller on ``rp1`` (slot 4), the stand-in for a VFIO device;
 * a virtio-scsi controller on ``rp2`` (slot 5), with one ``scsi-hd`` at target 1, LUN 2.
 
-These tests FAIL, never skip, when QEMU or the image cannot be built. The unmarked tests at
-the top check the builder's pure helpers.
+These tests FAIL, never skip, when QEMU or the image cannot be built. The builder's parts
+are tested without a VM in ``tests/image/``.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import lzma
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,19 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from podplug.errors import AgentError, GuestImageError, HotplugTimeout
+from podplug.errors import AgentError, HotplugTimeout
 from podplug.guest.agent_client import AgentClient
-from podplug.guest.image import (
-    GuestImage,
-    NewcArchive,
-    build_image,
-    extract_vmlinux,
-    find_static_busybox,
-    load_order,
-    parse_kconfig,
-    parse_softdep,
-)
 from podplug.guest.protocol import AGENT_PORT_NAME, UNKNOWN_ID, parse_devnum, parse_lspci
+from podplug.image.build import GuestImage, build_image
 from podplug.vm.process import DEFAULT_QEMU, SANDBOX, SETPRIV
 
 vm = pytest.mark.vm
@@ -50,79 +39,6 @@ vm = pytest.mark.vm
 DISK_MIB = 64
 #: what the host writes at the start of the virtio-blk disk; the guest must read it back
 PATTERN = (b"PODPLUG-HOST-PATTERN-" * 200)[:4096]
-
-# ---------------------------------------------------------------- pure helpers of the builder
-
-
-def test_newc_archive_extracts_with_busybox_cpio(tmp_path: Path) -> None:
-    busybox = shutil.which("busybox")
-    assert busybox, "busybox-static is needed (apt-get install busybox-static)"
-    archive = NewcArchive()
-    archive.add_file("etc/podplug/modules", b"boot a.ko a\n")
-    archive.add_symlink("usr/bin/awk", "../../bin/busybox")
-    archive.add_dir("proc")
-    (tmp_path / "x").mkdir()
-    subprocess.run(
-        [busybox, "cpio", "-id"], input=archive.finish(), cwd=tmp_path / "x", check=True,
-        capture_output=True,
-    )  # fmt: skip
-    assert (tmp_path / "x/etc/podplug/modules").read_bytes() == b"boot a.ko a\n"
-    assert (tmp_path / "x/usr/bin/awk").readlink() == Path("../../bin/busybox")
-    assert (tmp_path / "x/proc").is_dir()
-
-
-def test_newc_archive_is_aligned_and_rejects_duplicates() -> None:
-    archive = NewcArchive()
-    archive.add_file("a", b"xyz")
-    with pytest.raises(ValueError, match="duplicate"):
-        archive.add_file("a", b"")
-    data = archive.finish()
-    assert len(data) % 4 == 0
-    assert data.startswith(b"070701")
-    assert b"TRAILER!!!\0" in data
-
-
-def test_load_order_puts_dependencies_and_softdeps_first() -> None:
-    info = {
-        "vfio_pci": {"depends": ["vfio-pci-core,vfio"]},
-        "vfio_pci_core": {"depends": ["vfio,irqbypass"]},
-        "vfio": {"depends": [""], "softdep": ["post: vfio_iommu_type1 vfio_iommu_spapr_tce"]},
-        "vfio_iommu_type1": {"depends": ["vfio"]},
-        "irqbypass": {"depends": [""]},
-        "ext4": {"depends": ["jbd2"], "softdep": ["pre: crypto-crc32c"]},
-        "jbd2": {"depends": [""]},
-        "crc32c_generic": {},
-    }
-    index = {name: Path(f"{name}.ko") for name in info}
-    order, skipped = load_order(["vfio_pci", "ext4"], index, info)
-    assert order.index("vfio") < order.index("vfio_pci_core") < order.index("vfio_pci")
-    assert order.index("irqbypass") < order.index("vfio_pci_core")
-    assert "vfio_iommu_type1" in order
-    assert order.index("crc32c_generic") < order.index("ext4")
-    assert order.index("jbd2") < order.index("ext4")
-    assert skipped == ["vfio_iommu_spapr_tce"]
-
-
-def test_load_order_reports_a_missing_hard_dependency() -> None:
-    info = {"a": {"depends": ["b"]}}
-    with pytest.raises(GuestImageError, match=r"module b \(needed by a\) is not in"):
-        load_order(["a"], {"a": Path("a.ko")}, info)
-
-
-def test_parse_softdep_and_kconfig() -> None:
-    assert parse_softdep(["pre: a b post: c", "pre: d"]) == (["a", "b", "d"], ["c"])
-    cfg = parse_kconfig("# CONFIG_X is not set\nCONFIG_EXT4_FS=m\nCONFIG_PVH=y\n")
-    assert cfg == {"CONFIG_EXT4_FS": "m", "CONFIG_PVH": "y"}
-
-
-def test_extract_vmlinux_finds_the_xz_elf_after_a_false_magic() -> None:
-    elf = b"\x7fELF\x02\x01\x01" + b"\0" * 11 + b"\x3e\x00" + b"body" * 100
-    payload = lzma.compress(elf, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
-    bz = b"MZ" + b"\0" * 100 + b"\xfd7zXZ\x00broken" + payload + b"\0" * 8
-    assert extract_vmlinux(bz) == elf
-    with pytest.raises(GuestImageError, match="no XZ"):
-        extract_vmlinux(b"MZ no payload")
-
 
 # ---------------------------------------------------------------- the real image
 
@@ -420,39 +336,3 @@ def test_garbage_bytes_get_an_err_line_and_the_agent_keeps_serving(guest: Guest)
     assert line.text.startswith("malformed")
     assert agent.call("ping", timeout=10).words[0] == "pong"
 
-
-def test_missing_host_tools_name_the_package_to_install(monkeypatch: pytest.MonkeyPatch,
-                                                        tmp_path: Path) -> None:
-    """The tools are looked up in the system's directories only: one in $PATH is not used."""
-    empty, planted = tmp_path / "system", tmp_path / "planted"
-    empty.mkdir()
-    planted.mkdir()
-    (planted / "apt-cache").write_text("#!/bin/sh\nexit 0\n")
-    (planted / "apt-cache").chmod(0o755)
-    monkeypatch.setattr("podplug.guest.image.SYSTEM_PATH", str(empty))
-    monkeypatch.setenv("PATH", f"{planted}:{os.environ['PATH']}")
-    with pytest.raises(GuestImageError, match="apt-get install -y --no-install-recommends apt"):
-        build_image(Path("/nonexistent/podplug-cache"))
-
-
-def test_dynamic_busybox_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    fake = tmp_path / "busybox"
-    fake.write_bytes(Path(sys.executable).resolve().read_bytes()[:65536])  # dynamic ELF
-    fake.chmod(0o755)
-    monkeypatch.setattr("podplug.guest.image.SYSTEM_PATH", str(tmp_path))
-    with pytest.raises(GuestImageError, match="busybox-static"):
-        find_static_busybox()
-
-
-def test_superseded_images_are_swept_after_an_hour(tmp_path: Path) -> None:
-    from podplug.guest.image import _sweep_stale
-
-    old, fresh, keep = (tmp_path / n for n in ("old", "fresh", "keep"))
-    for d in (old, fresh, keep):
-        d.mkdir()
-        (d / "vmlinux").write_bytes(b"x")
-    hours_ago = time.time() - 7200
-    os.utime(old, (hours_ago, hours_ago))
-    os.utime(keep, (hours_ago, hours_ago))
-    _sweep_stale(tmp_path, keep=keep)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "keep"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from podplug.guest.agent_client import AgentClient
-from podplug.guest.image import build_image
+from podplug.image.build import build_image
 from podplug.model.enums import HotplugMode
 from podplug.plan.model import Plan
 from podplug.plan.plan import plan

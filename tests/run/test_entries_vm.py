@@ -14,8 +14,8 @@ import pytest
 
 from podplug.errors import HotplugTimeout
 from podplug.guest.agent_client import AgentClient
-from podplug.guest.image import build_image
 from podplug.guest.protocol import parse_lspci
+from podplug.image.build import build_image
 from podplug.model.enums import AgentDeviceType
 from podplug.plan.plan import plan
 from podplug.plan.standin import stand_ins

@@ -12,8 +12,8 @@ import pytest
 
 from podplug.errors import QmpCommandError
 from podplug.guest.agent_client import AgentClient
-from podplug.guest.image import build_image
 from podplug.guest.protocol import parse_lspci
+from podplug.image.build import build_image
 from podplug.plan.plan import plan
 from podplug.plan.sequence import StepKind, hot_devices, plug_steps
 from podplug.plan.standin import stand_ins

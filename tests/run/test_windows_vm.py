@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from podplug.guest.agent_client import AgentClient
-from podplug.guest.image import build_image
 from podplug.guest.protocol import BRIDGE_PREF_WINDOW, parse_bars
+from podplug.image.build import build_image
 from podplug.model.host import Bar, HostInventory
 from podplug.plan.model import Plan
 from podplug.plan.plan import plan
