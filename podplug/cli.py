@@ -42,21 +42,28 @@ HOTPLUG_HELP = ("how the guest learns of hot-plugged devices (default acpi, the 
                 "native moves volumes to root ports and refuses hot bridge-port VFIO")
 
 
-def _render(fmt: str) -> Callable[..., str]:
-    from podplug.render.argv import render_argv
-    from podplug.render.dot import render_dot
-    from podplug.render.json_plan import plan_json
-    from podplug.render.qmp import render_qmp
+def _render(fmt: str, result: Plan) -> str:
+    """The plan in one output format. Only that format's renderer is imported: json, argv
+    and qmp bring in the plug sequence and QMP forms, which the default tree does not need."""
+    if fmt == "json":
+        from podplug.render.json_plan import plan_json
+
+        return json.dumps(plan_json(result), indent=2) + "\n"
+    if fmt == "argv":
+        from podplug.render.argv import render_argv
+
+        return _argv_lines(render_argv(result))
+    if fmt == "qmp":
+        from podplug.render.qmp import render_qmp
+
+        return json.dumps(render_qmp(result), indent=2) + "\n"
+    if fmt == "dot":
+        from podplug.render.dot import render_dot
+
+        return render_dot(result)
     from podplug.render.tree import render_tree
 
-    renderers: dict[str, Callable[..., str]] = {
-        "tree": render_tree,
-        "json": lambda p: json.dumps(plan_json(p), indent=2) + "\n",
-        "argv": lambda p: _argv_lines(render_argv(p)),
-        "qmp": lambda p: json.dumps(render_qmp(p), indent=2) + "\n",
-        "dot": render_dot,
-    }
-    return renderers[fmt]
+    return render_tree(result)
 
 
 def _argv_lines(argv: list[str]) -> str:
@@ -78,7 +85,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                   hotplug=HotplugMode(args.hotplug), spare_floor=args.spare_window)
     if args.qemu:
         _check_qemu(inputs.config, args.qemu, result)
-    sys.stdout.write(_render(args.format)(result))
+    sys.stdout.write(_render(args.format, result))
     rejected = result.in_bucket(Bucket.REJECTED)
     for device in rejected:
         print(f"podplug: rejected {device.request.path}: {device.reason}", file=sys.stderr)
@@ -98,7 +105,7 @@ def _check_qemu(config: RuntimeConfig, override: str, result: Plan) -> None:
 
 
 def _default_cdi() -> list[str]:
-    from podplug.inputs.cdi import DEFAULT_CDI_DIRS
+    from podplug.inputs.cdi_defaults import DEFAULT_CDI_DIRS
 
     return list(DEFAULT_CDI_DIRS)
 
@@ -336,6 +343,20 @@ def _add_planning_options(sub: argparse.ArgumentParser) -> None:
                      "bound to vfio-pci raises it)")
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, looking the version up only when asked: importlib.metadata, with the
+    email, csv and socket modules it brings in, cost every command ~25 ms of start-up."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                         nargs=0, help="show program's version number and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"podplug {_version()}")
+        parser.exit()
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -351,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plan, plug and prove every device of a VM-isolated container.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--version", action="version", version=f"podplug {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plan", help="plan the topology and route every device (no VM)")

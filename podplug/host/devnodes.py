@@ -17,9 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from podplug.inputs.cdi import HostNode
+from podplug.inputs.cdi_defaults import DEV
 from podplug.model.enums import NodeType
-
-DEV = "/dev"
 
 
 def read_nodes(paths: Iterable[str], dev_root: str | Path = DEV) -> dict[str, HostNode | str]:

@@ -52,12 +52,11 @@ from typing import Any
 
 from podplug.errors import CdiError
 from podplug.inputs.cdi_decode import decode_spec
+from podplug.inputs.cdi_defaults import CDI_ANNOTATION_PREFIX
 from podplug.model.enums import NodeType
 from podplug.model.request import ContainerDevice, ContainerRequest
 from podplug.model.text import path_problem, shown
 
-DEFAULT_CDI_DIRS: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
-CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
 SPEC_FILE_SUFFIXES = (".json", ".yaml")  # pkg/cdi/spec-dirs.go, case-sensitive
 
 #: released spec versions, oldest first (specs-go/version.go)

@@ -7,6 +7,9 @@ read or waited on), required to be a regular file, at most :data:`MAX_INPUT_BYTE
 UTF-8. Every error names the file. A directory of CDI specs yields only its regular
 ``*.json`` / ``*.yaml`` files, never following a link (as the reference scans them).
 
+The CDI half (:mod:`.cdi` and :mod:`podplug.host.devnodes`) is imported by the functions
+that use it, so a spec asking for no CDI device does not pay for importing it.
+
 What the planner gets: the Kata configuration (with the spec's annotation overrides
 applied), the OCI spec with CDI device nodes merged in (completed from the host's ``/dev``),
 and a host snapshot from sysfs.
@@ -19,25 +22,18 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from podplug.errors import CdiError, ConfigError, InputError, SpecError
-from podplug.host.devnodes import DEV, read_nodes
 from podplug.host.sysfs import scan_host
-from podplug.inputs.cdi import (
-    DEFAULT_CDI_DIRS,
-    SPEC_FILE_SUFFIXES,
-    CdiRegistry,
-    CdiSpec,
-    apply_cdi,
-    cdi_references,
-    host_paths,
-    parse_cdi_text,
-)
+from podplug.inputs.cdi_defaults import DEFAULT_CDI_DIRS, DEV, requests_cdi
 from podplug.inputs.kata import RuntimeConfig, apply_annotations, parse_kata_text
 from podplug.inputs.oci import parse_oci_text
 from podplug.model.host import HostInventory
 from podplug.model.request import ContainerRequest
+
+if TYPE_CHECKING:
+    from podplug.inputs.cdi import CdiRegistry, CdiSpec
 
 MAX_INPUT_BYTES = 16 << 20  # far above any real configuration, spec or CDI file
 
@@ -113,6 +109,8 @@ def load_oci_spec(path: str | os.PathLike[str]) -> ContainerRequest:
 
 def load_cdi_file(path: str | os.PathLike[str]) -> CdiSpec:
     """Read and validate one CDI spec file; errors name it."""
+    from podplug.inputs.cdi import parse_cdi_text
+
     where = str(path)
     text = read_input(path)
     try:
@@ -124,6 +122,8 @@ def load_cdi_file(path: str | os.PathLike[str]) -> CdiSpec:
 def spec_files(folder: Path) -> list[Path]:
     """The spec files of one directory, as the reference scans it: regular files (not
     symbolic links) directly in it, named ``*.json`` or ``*.yaml``, in name order."""
+    from podplug.inputs.cdi import SPEC_FILE_SUFFIXES
+
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as err:
@@ -136,6 +136,8 @@ def load_cdi_dirs(dirs: Sequence[str | Path] = DEFAULT_CDI_DIRS) -> CdiRegistry:
     """Load every spec file of each directory; later directories take precedence
     (``/var/run/cdi`` over ``/etc/cdi``). A missing directory is skipped; a bad file is
     recorded against it (``CdiRegistry.errors``) and the others still load."""
+    from podplug.inputs.cdi import CdiRegistry
+
     layers: list[list[CdiSpec]] = []
     errors: list[tuple[str, str]] = []
     for folder in map(Path, dirs):
@@ -185,7 +187,10 @@ def load_inputs(
     except ConfigError as exc:
         raise exc.with_path(str(spec_path)) from exc
     warnings: tuple[str, ...] = ()
-    if cdi_references(request.annotations):
+    if requests_cdi(request.annotations):
+        from podplug.inputs.cdi import cdi_references
+
+        cdi_references(request.annotations)  # a malformed name: refused before any CDI file
         registry = load_cdi_dirs(cdi_dirs)
         warnings = cdi_warnings(registry)
         request = with_cdi(request, registry, dev_root)
@@ -200,4 +205,7 @@ def cdi_warnings(registry: CdiRegistry) -> tuple[str, ...]:
 def with_cdi(request: ContainerRequest, registry: CdiRegistry,
              dev_root: str | Path = DEV) -> ContainerRequest:
     """The request with its CDI devices' nodes, completed from the host's ``/dev``."""
+    from podplug.host.devnodes import read_nodes
+    from podplug.inputs.cdi import apply_cdi, host_paths
+
     return apply_cdi(request, registry, read_nodes(host_paths(request, registry), dev_root))
