@@ -2,12 +2,16 @@
 # podplug guest agent -- busybox sh; also the initramfs /init.
 #
 # As PID 1 it mounts proc, sysfs, devtmpfs and two tmpfs, loads the "boot" group of
-# /etc/podplug/modules (lines "GROUP FILE NAME" in load order, with insmod; the "vfio" and
-# "fs" groups are loaded on the first vfio-bind / fs-check), finds the virtio-serial port whose
-# /sys/class/virtio-ports/*/name is "podplug.agent" (there is no udev, so no
+# /etc/podplug/modules (lines "GROUP FILE NAME" in load order, with insmod: the virtio
+# transport and virtio_console, what its own channel needs), finds the virtio-serial port
+# whose /sys/class/virtio-ports/*/name is "podplug.agent" (there is no udev, so no
 # /dev/virtio-ports/ links) and serves the protocol below on it.  The port is opened once and
-# never closed: Linux drops host data that arrives while the port is closed.
-#
+# never closed: Linux drops host data that arrives while the port is closed.  The groups the
+# plan's devices need (podplug.load=blk,nvme,... on the kernel command line) are loaded in
+# the background once it serves; a verb that looks at devices waits for them, and loads a
+# group it needs that was not named ("blk", "scsi" and "fs" on first use, "vfio" on the first
+# vfio-bind).
+
 # PROTOCOL (version 1).  One request per line, UTF-8/ASCII, fields separated by spaces:
 #
 #     ID VERB [ARG]...
@@ -21,6 +25,13 @@
 #     ID - TEXT               data line
 #     ID OK [PAYLOAD]         success (the final line)
 #     ID ERR CODE MESSAGE     failure (the final line)
+#
+#   On opening its port the agent announces itself unasked with the line
+#
+#     hello OK pong version=1 kernel=KREL uptime=SECONDS
+#
+#   (a ping's reply under the reserved ID "hello"), so a host that is connected learns of it
+#   at once instead of at its next ping.
 #
 #   CODE is one of: malformed unknown-verb usage invalid not-found timeout no-iommu failed
 #   internal.  A line whose ID is unusable is answered with the ID "?".  Blank lines are
@@ -39,6 +50,9 @@
 #   wait-pci PATH TIMEOUT_MS                OK BDF...   (root-to-device chain; last = device)
 #   blk-of-pci PATH [TIMEOUT_MS]            OK NAME...  (whole-disk block nodes below it)
 #   blk-of-scsi ADDR [TIMEOUT_MS]           OK NAME...  (ADDR = H:C:T:L or Kata's TARGET:LUN)
+#   wait-blks TIMEOUT_MS PATH...            "- PATH NAME" lines; OK COUNT (the virtio-blk
+#                                           disk below each PATH, waited for together: a
+#                                           batch of volumes proven visible in one call)
 #   mknod DIR CPATH TYPE MAJOR MINOR MODE   OK path=DIR/CPATH type=b|c devnum=MAJ:MIN mode=OCT
 #                                           (DIR under /run/podplug/, CPATH absolute,
 #                                           TYPE b or c, MODE octal; guest numbers)
@@ -54,6 +68,11 @@
 #   ro-check NODE                           OK type=b size=BYTES head=SHA256 tail=SHA256
 #                                           (reads only: the first and the last 4 KiB,
 #                                           direct I/O; the size from the kernel)
+#   blk-sums NODE MIB COUNT                 OK sums=SHA256,... (each MiB of COUNT from
+#                                           MiB MIB, direct I/O reads; COUNT 1..64)
+#   blk-write NODE MIB COUNT                OK sums=SHA256,... of the random bytes written
+#                                           there (direct I/O, fsync). DESTRUCTIVE: for
+#                                           scratch volumes only
 #   vfio-bind BDF                           OK group=G dev=/dev/vfio/G devnum=MAJ:MIN
 #                                           driver=vfio-pci previous=DRIVER|-
 #   fs-check NODE                           OK fs=ext2|ext4 write=ok readback=ok
@@ -214,9 +233,45 @@ load_group() {
     while read -r grp file name; do
         [ "$grp" = "$1" ] || continue
         [ -d "/sys/module/$name" ] && continue
-        insmod "$MODDIR/$file" || failed="$failed $file"
+        # a failure is real unless the module is there now (the background preload won)
+        insmod "$MODDIR/$file" 2>/dev/null || [ -d "/sys/module/$name" ] || failed="$failed $file"
     done </etc/podplug/modules
     [ -z "$failed" ]
+}
+
+# preload: load the groups named by podplug.load=G1,G2 on the kernel command line (the ones
+# the plan's devices need; without the word: blk, scsi and nvme), in the background while
+# the agent already serves; the marker says when it is done. Only "boot" (the channel) is
+# loaded before the agent answers.
+PRELOADED=/run/podplug.preloaded
+preload() {
+    local _w _g _c _load="blk scsi nvme"
+    read -r _c </proc/cmdline
+    for _w in $_c; do
+        case $_w in podplug.load=*) _w=${_w#podplug.load=}; _load=$(echo "$_w" | tr , ' ') ;; esac
+    done
+    for _g in $_load; do
+        grep -q "^$_g " /etc/podplug/modules || { log "no module group $_g"; continue; }
+        load_group "$_g" || log "cannot load module group $_g"
+    done
+    read -r _u _r </proc/uptime
+    log "preloaded module groups at uptime $_u s"
+    : >"$PRELOADED"
+}
+
+# drivers GROUP...: wait (10 s at most) for the preload, then load the groups not loaded
+# yet, so a verb sees the devices with their guest drivers bound
+drivers() {
+    local _deadline _g
+    if [ ! -e "$PRELOADED" ]; then
+        now_cs; _deadline=$((NOW + 1000))
+        while [ ! -e "$PRELOADED" ]; do
+            now_cs
+            [ "$NOW" -ge "$_deadline" ] && break
+            sleep 0.02
+        done
+    fi
+    for _g; do load_group "$_g" || fail failed "cannot load the $_g modules"; done
 }
 
 # stat_node NODE: T = b|c, MAJ, MIN, MODE (octal permission bits)
@@ -344,6 +399,7 @@ v_help() {
     data "wait-pci PATH TIMEOUT_MS"
     data "blk-of-pci PATH [TIMEOUT_MS]"
     data "blk-of-scsi H:C:T:L|TARGET:LUN [TIMEOUT_MS]"
+    data "wait-blks TIMEOUT_MS PATH..."
     data "mknod DIR CONTAINER_PATH b|c MAJOR MINOR MODE"
     data "devnum NAME"
     data "rw NODE"
@@ -356,11 +412,12 @@ v_help() {
     data "modules GROUP"
     data "bars BDF"
     data "device DIR MODE MS TYPE ID VM_PATH CONTAINER_PATH [OPTION]..."
-    ok 16
+    ok 17
 }
 
 v_lspci() {
     [ $# -eq 0 ] || usage "lspci takes no arguments"
+    drivers
     _n=0
     for _d in /sys/bus/pci/devices/*; do
         [ -e "$_d" ] || continue
@@ -399,13 +456,51 @@ disks_below() {
 v_blk_of_pci() {
     [ $# -eq 1 ] || [ $# -eq 2 ] || usage "blk-of-pci PATH [TIMEOUT_MS]"
     check_path "$1"; _ms=${2:-0}; check_timeout "$_ms"
+    drivers blk
     find_blk_pci "$P" "$_ms"
     ok "$B"
+}
+
+# wait-blks MS PATH...: the virtio-blk disk below each PATH, all waited for at once (one
+# pass over the pending paths every 20 ms, each disk found by its own sysfs directory)
+v_wait_blks() {
+    local _ms _todo _left _p _b _s _n _deadline _rescanned
+    [ $# -ge 2 ] || usage "wait-blks TIMEOUT_MS PATH..."
+    _ms=$1; shift; check_timeout "$_ms"
+    _todo=
+    for _p; do check_path "$_p"; _todo="$_todo $P"; done
+    _n=$#
+    drivers blk
+    now_cs; _deadline=$((NOW + (_ms + 9) / 10)); _rescanned=
+    while :; do
+        _left=
+        for _p in $_todo; do
+            if resolve_path "$_p"; then
+                _b=
+                for _s in "$D"/virtio*/block/*; do [ -e "$_s" ] && _b=${_s##*/}; done
+                if [ -n "$_b" ]; then data "$_p $_b"; continue; fi
+            elif [ "$E" = notbridge ]; then
+                fail not-found "$_p: $W"
+            fi
+            _left="$_left $_p"
+        done
+        _todo=$_left
+        [ -z "$_todo" ] && ok "$_n"
+        if [ -z "$_rescanned" ]; then
+            echo 1 >/sys/bus/pci/rescan 2>/dev/null
+            _rescanned=1
+            continue
+        fi
+        now_cs
+        [ "$NOW" -ge "$_deadline" ] && fail timeout "no virtio-blk disk below$_todo after $_ms ms"
+        sleep 0.02
+    done
 }
 
 v_blk_of_scsi() {
     [ $# -eq 1 ] || [ $# -eq 2 ] || usage "blk-of-scsi H:C:T:L|TARGET:LUN [TIMEOUT_MS]"
     _ms=${2:-0}; check_timeout "$_ms"
+    drivers scsi
     find_blk_scsi "$1" "$_ms"
     ok "$B"
 }
@@ -530,6 +625,7 @@ v_blk_write() {
 
 v_serial() {
     [ $# -eq 1 ] || usage "serial BDF|DISK"
+    drivers
     case $1 in
         *:*) check_bdf "$1"
             _d=/sys/bus/pci/devices/$1
@@ -585,8 +681,8 @@ v_device() {
     case $_type in
         blk|scsi)
             [ $# -eq 0 ] || fail invalid "a $_type entry takes no options"
-            if [ "$_type" = blk ]; then check_path "$_id"; find_blk_pci "$P" "$_ms"
-            else find_blk_scsi "$_id" "$_ms"; fi
+            if [ "$_type" = blk ]; then check_path "$_id"; drivers blk; find_blk_pci "$P" "$_ms"
+            else drivers scsi; find_blk_scsi "$_id" "$_ms"; fi
             set -- $B
             [ $# -eq 1 ] || fail failed "$_id: $# disks ($B), expected one"
             _name=$1
@@ -595,6 +691,7 @@ v_device() {
             ok "type=$_type node=$N devnum=$MAJ:$MIN vm_path=/dev/$_name" ;;
         vfio-pci|vfio-pci-gk)
             [ $# -ge 1 ] || fail invalid "a $_type entry needs HOSTBDF=PCIPATH options"
+            drivers
             _map=; _grp=
             for _o; do
                 _host=${_o%%=*}; _path=${_o#*=}
@@ -673,6 +770,7 @@ handle_line() {
         wait-pci) _fn=v_wait_pci ;;
         blk-of-pci) _fn=v_blk_of_pci ;;
         blk-of-scsi) _fn=v_blk_of_scsi ;;
+        wait-blks) _fn=v_wait_blks ;;
         mknod) _fn=v_mknod ;;
         devnum) _fn=v_devnum ;;
         rw) _fn=v_rw ;;
@@ -715,6 +813,9 @@ handle_line() {
 serve() {
     exec 3<>"$1" || return 1
     log "serving on $1"
+    read -r _u _r </proc/uptime
+    send "hello OK pong version=$AGENT_VERSION kernel=$KREL uptime=$_u"
+    [ -e "$PRELOADED" ] || [ -n "$PRELOADING" ] || { PRELOADING=1; preload & }
     _pending=
     while :; do
         if IFS= read -r _req <&3; then

@@ -22,6 +22,7 @@ from types import TracebackType
 
 from podplug.errors import AgentError, AgentLost
 from podplug.guest.protocol import (
+    HELLO_ID,
     AgentReply,
     ReplyLine,
     finish,
@@ -129,10 +130,14 @@ class AgentClient:
     # ------------------------------------------------------------ protocol
 
     def wait_ready(self, timeout: float = 60.0) -> AgentReply:
-        """Ping every 0.5 s (new ID each time) until the agent answers one of those pings OK.
+        """Wait for the agent's unasked ``hello`` line, or its OK to one of the pings sent
+        every 0.5 s (new ID each time), whichever comes first.
 
-        The guest drops data sent while its port is still closed, so early pings may be lost
-        or arrive truncated; a ping the full socket cannot take is skipped, not waited on.
+        The hello arrives the moment the guest opens its port, so no ping interval is lost
+        (pinging alone cost a quarter of that interval on average). The pings cover a host
+        that connected after the hello was sent. The guest drops data sent while its port is
+        still closed, so early pings may be lost or arrive truncated; a ping the full socket
+        cannot take is skipped, not waited on.
         Replies to other IDs and ERR replies are set aside in :attr:`stray`. Raises
         AgentError (verb ``ping``) after ``timeout`` seconds.
         """
@@ -153,6 +158,8 @@ class AgentClient:
                     line = self.read_line(tick, "ping")
                     if line is None:
                         continue
+                    if line.request_id == HELLO_ID and line.kind == "ok" and line.final:
+                        return finish("ping", (), [line])
                     if line.request_id not in sent or line.kind == "err":
                         self.stray.append(line)  # stale, or a ping mangled during boot
                         continue

@@ -35,6 +35,8 @@ starting on root bus ``0000:00``. ``MS`` is milliseconds.
                                         device; the last BDF is the device
 ``blk-of-pci PATH [MS]``                ``OK NAME...``: whole-disk block nodes below it
 ``blk-of-scsi H:C:T:L|TARGET:LUN [MS]`` ``OK NAME...``
+``wait-blks MS PATH...``                data ``PATH NAME`` lines, ``OK COUNT``: the
+                                        virtio-blk disk below each path, waited for at once
 ``mknod DIR CPATH b|c MAJ MIN MODE``    ``OK path=DIR/CPATH type=b devnum=MAJ:MIN mode=660``.
                                         DIR is under ``/run/podplug/``, the numbers are the
                                         guest's, and MODE is octal.
@@ -90,6 +92,9 @@ VERBS: dict[str, tuple[int, int]] = {
     "wait-pci": (2, 2),
     "blk-of-pci": (1, 2),
     "blk-of-scsi": (1, 2),
+    "wait-blks": (2, 1 + 256),  # MS, then up to 256 paths
+    "blk-sums": (3, 3),
+    "blk-write": (3, 3),
     "mknod": (6, 6),
     "devnum": (1, 1),
     "rw": (1, 1),
@@ -124,6 +129,10 @@ ERROR_CODES = frozenset(
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _WORD_RE = re.compile(r"[\x21-\x7e]+")
 _BDF_RE = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+
+
+#: the ID of the line the agent sends unasked when it opens its port (a ping's reply)
+HELLO_ID = "hello"
 
 
 def format_request(request_id: str, verb: str, *args: str) -> str:

@@ -111,3 +111,18 @@ class VfioKind(Enum):
 
     GROUP = "group"  # legacy /dev/vfio/<group>: the whole IOMMU group
     IOMMUFD = "iommufd"  # /dev/vfio/devices/vfioN: exactly one function
+
+
+class ModuleGroup(Enum):
+    """A group of guest kernel modules in podplug's image (``/etc/podplug/modules``).
+
+    ``boot`` is what the agent's own channel needs and is loaded before it answers; the
+    others are loaded when a plan's devices need them (:mod:`podplug.plan.guest_needs`).
+    """
+
+    BOOT = "boot"  # virtio PCI transport + virtio_console
+    BLK = "blk"  # virtio_blk
+    SCSI = "scsi"  # virtio_scsi, sd_mod
+    NVME = "nvme"  # nvme (the emulated VFIO stand-ins, window keepers)
+    VFIO = "vfio"  # vfio, vfio_iommu_type1, vfio_pci: the agent binds guest functions
+    FS = "fs"  # ext4 when modular: the writable volumes' filesystem round trip

@@ -32,6 +32,7 @@ from podplug.interrupts import until_signal
 from podplug.model.enums import Bucket, HotplugMode
 from podplug.model.host import HostInventory
 from podplug.model.qemu import QemuFeature
+from podplug.plan.guest_needs import cmdline_word, guest_module_groups
 from podplug.plan.model import BlockdevNode, DevicePlan, Plan, QemuDevice
 from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan as make_plan
@@ -54,7 +55,7 @@ from podplug.vm.accel import choose_accel, probe_kvm
 from podplug.vm.hotplug import StepResult, carry, carry_batch
 from podplug.vm.probe import probe_qemu, require, resolve_qemu
 from podplug.vm.process import Accel, Vm
-from podplug.vm.qompath import read_placement
+from podplug.vm.qompath import read_placements
 
 AGENT_PORT = "podplug.agent"
 CONTAINER_DIR = "/run/podplug/ctr"
@@ -83,8 +84,11 @@ def guest_argv(plan: Plan, image: GuestImage, sock: Path, *,
     """The QEMU arguments after the ones :class:`Vm` adds (pure); the hot-plug mode comes
     with the plan (:func:`podplug.render.argv.render_argv`); ``device`` maps the cold VFIO
     functions (the emulated stand-ins of :func:`podplug.plan.standin.stand_ins`); ``boot``
-    names the kernel and initramfs handed over open (:mod:`podplug.run.handover`)."""
-    append = image.cmdline + (" intel_iommu=on" if plan.guest_iommu else "")
+    names the kernel and initramfs handed over open (:mod:`podplug.run.handover`); the
+    guest loads the module groups the plan's devices need (:mod:`podplug.plan.guest_needs`)."""
+    mapped = device or _same
+    append = " ".join([image.cmdline, *(["intel_iommu=on"] if plan.guest_iommu else []),
+                       cmdline_word(guest_module_groups(plan, device=mapped))])
     kernel, initrd = (boot.kernel, boot.initrd) if boot else (image.kernel, image.initramfs)
     argv = [
         "-cpu", "host" if accel is Accel.KVM else "max", "-smp", "1", "-m", str(memory_mib),
@@ -274,11 +278,17 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
             agent.wait_ready(options.boot_timeout)
         clock.say(f"guest agent ready ({clock.timings['boot']:.2f} s after QMP)")
         actual: dict[str, str] = {}
-        for device in plan.in_bucket(Bucket.COLD_VFIO):
-            for function in device.functions:
-                where.at("cold-plug read-back", device.request.path,
-                         f"qom-get {function.qemu.id}")
-                actual[function.qemu.id] = str(read_placement(vm.qmp, function.qemu.id).path)
+        cold = [(device.request.path, function.qemu.id)
+                for device in plan.in_bucket(Bucket.COLD_VFIO) for function in device.functions]
+        if cold:
+            where.at("cold-plug read-back", cold[0][0], f"qom-get {cold[0][1]}")
+            placed = read_placements(vm.execute_many, [qemu_id for _, qemu_id in cold])
+            for path, qemu_id in cold:
+                where.at("cold-plug read-back", path, f"qom-get {qemu_id}")
+                found = placed[qemu_id]
+                if isinstance(found, PodplugError):
+                    raise found
+                actual[qemu_id] = str(found.path)
         release = release_steps(plan)
         if release:
             where.at("window keeper release")

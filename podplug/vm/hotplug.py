@@ -24,7 +24,7 @@ from podplug.model.pci import GuestPciPath
 from podplug.plan.sequence import Step, StepKind, undo
 from podplug.vm.process import Vm
 from podplug.vm.qmp import deleted_event_matches
-from podplug.vm.qompath import read_placement
+from podplug.vm.qompath import read_placement, read_placements
 
 BUSY_RETRY_S = 0.5
 UNPLUG_TIMEOUT_S = 15.0  # native PCIe unplug takes 5-6 s here (qemu-recipe.md); ACPI 0.09 s
@@ -83,8 +83,56 @@ def _device_del(vm: Vm, step: Step, deadline: float) -> None:
 def carry_batch(vm: Vm, steps: Sequence[Step]) -> list[StepResult]:
     """Carry out ``steps`` in order; on failure undo the ones that succeeded.
 
+    A batch of adds (``blockdev-add``, ``object-add``, ``device_add``) is pipelined
+    (:meth:`QmpSession.execute_many`): QEMU runs the commands in the order sent, each as if
+    sent alone after the ones before, without a round trip between them; then every
+    placement is read back at once (:func:`read_placements`). The guest sees the devices
+    of one burst together (one ACPI scan, one PCI rescan). A step's ``seconds`` is from the
+    previous reply to its own. QEMU answers every command, so exactly the steps that
+    succeeded are known and undone, those after a refused one included. Batches with a
+    ``device_del`` wait for each one's event (:func:`carry`), one after the other.
+
     :raises BatchFailed: naming the failed step and its cause, after the rollback.
     """
+    if any(step.kind is StepKind.DEVICE_DEL for step in steps):
+        return _carry_one_by_one(vm, steps)
+    try:
+        answers = vm.execute_many([(step.kind.value, step.arguments) for step in steps])
+    except PodplugError as exc:  # no reply at all (QEMU gone, timeout): unknown what went in
+        first = steps[0]
+        raise BatchFailed(exc, command=first.kind.value, subject=first.subject,
+                          container_path=first.container_path,
+                          rollback_errors=rollback(vm, steps)) from exc
+    done = [step for step, answer in zip(steps, answers, strict=True) if answer.error is None]
+    for step, answer in zip(steps, answers, strict=True):
+        if answer.error is not None:
+            raise _failed(vm, step, answer.error, done)
+    expected = {step.subject: step for step in steps
+                if step.kind is StepKind.DEVICE_ADD and step.expect_path is not None}
+    placed: dict[str, GuestPciPath] = {}
+    for subject, where in read_placements(vm.execute_many, list(expected)).items():
+        step = expected[subject]
+        if isinstance(where, PodplugError):
+            raise _failed(vm, step, where, done)
+        if where.path != step.expect_path:
+            raise _failed(vm, step, PlacementMismatch(subject, str(step.expect_path),
+                                                      str(where.path)), done)
+        placed[subject] = where.path
+    results, previous = [], 0.0
+    for step, answer in zip(steps, answers, strict=True):
+        results.append(StepResult(step, answer.seconds - previous, placed.get(step.subject)))
+        previous = answer.seconds
+    return results
+
+
+def _failed(vm: Vm, step: Step, cause: PodplugError, done: Sequence[Step]) -> BatchFailed:
+    """The batch's error for ``step``, after ``done`` was rolled back."""
+    problems = rollback(vm, done)
+    return BatchFailed(cause, command=step.kind.value, subject=step.subject,
+                       container_path=step.container_path, rollback_errors=problems)
+
+
+def _carry_one_by_one(vm: Vm, steps: Sequence[Step]) -> list[StepResult]:
     done: list[Step] = []
     results: list[StepResult] = []
     for step in steps:
@@ -100,6 +148,50 @@ def carry_batch(vm: Vm, steps: Sequence[Step]) -> list[StepResult]:
         done.append(step)
         results.append(result)
     return results
+
+
+def unplug_batch(vm: Vm, steps: Sequence[Step], *,
+                 unplug_timeout: float = UNPLUG_TIMEOUT_S) -> list[StepResult]:
+    """Unplug steps (:func:`podplug.plan.sequence.unplug_steps`) pipelined.
+
+    Every ``device_del`` is sent in one burst, with one listener registered before it for
+    all of their ``DEVICE_DELETED`` events (rule 6), awaited under one deadline; then the
+    ``blockdev-del``/``object-del`` steps go in a second burst, each after its device is
+    gone. A ``device_del`` refused because the guest is busy (native hot-plug's blinking
+    power indicator) is retried as :func:`carry` does. A step's ``seconds`` is from the
+    start until what ends it.
+
+    :raises QmpCommandError: QEMU refused a step (the first, in order).
+    :raises HotplugTimeout: not every device was confirmed in time (naming those left).
+    """
+    started = time.monotonic()
+    dels = [step for step in steps if step.kind is StepKind.DEVICE_DEL]
+    rest = [step for step in steps if step.kind is not StepKind.DEVICE_DEL]
+    owner = {i: step for step in dels for i in (step.subject, *step.also_removes)}
+    pending = set(owner)
+    finished: dict[str, float] = {}
+    with vm.watch("DEVICE_DELETED",
+                  match=lambda ev: any(deleted_event_matches(ev, i) for i in owner)) as watch:
+        answers = vm.execute_many([(step.kind.value, step.arguments) for step in dels])
+        for step, answer in zip(dels, answers, strict=True):
+            if answer.error is None:
+                continue
+            if "guest is busy" not in answer.error.desc:
+                raise answer.error
+            _device_del(vm, step, started + unplug_timeout)
+        while pending:
+            remaining = max(0.0, unplug_timeout - (time.monotonic() - started))
+            event = watch.wait(remaining, subject=", ".join(sorted(pending)))
+            for i in [i for i in pending if deleted_event_matches(event, i)]:
+                pending.discard(i)
+                finished[owner[i].subject] = time.monotonic() - started
+    answers = vm.execute_many([(step.kind.value, step.arguments) for step in rest]) if rest \
+        else []
+    for answer in answers:
+        if answer.error is not None:
+            raise answer.error
+    tail = time.monotonic() - started
+    return [StepResult(step, finished.get(step.subject, tail)) for step in (*dels, *rest)]
 
 
 def rollback(vm: Vm, done: Sequence[Step]) -> list[str]:

@@ -59,7 +59,14 @@ from typing import NoReturn, TypeVar
 
 from podplug.errors import HotplugTimeout, QemuLaunchError, StateError, VmError
 from podplug.interrupts import deferred
-from podplug.vm.qmp import DEFAULT_REPLY_TIMEOUT_S, EventMatch, EventWatch, QmpEvent, QmpSession
+from podplug.vm.qmp import (
+    DEFAULT_REPLY_TIMEOUT_S,
+    Answer,
+    EventMatch,
+    EventWatch,
+    QmpEvent,
+    QmpSession,
+)
 
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"  # never looked up in $PATH (issue 10)
 BASE_ARGS = ("-display", "none", "-no-reboot", "-nodefaults", "-no-user-config")
@@ -353,6 +360,16 @@ class Vm:
         return self._with_exit_context(
             command, lambda: self.qmp.execute(command, arguments, timeout)
         )
+
+    def execute_many(
+        self,
+        commands: Sequence[tuple[str, Mapping[str, object] | None]],
+        timeout: float = DEFAULT_REPLY_TIMEOUT_S,
+    ) -> list[Answer]:
+        """QMP commands pipelined on the running VM (see :meth:`QmpSession.execute_many`)."""
+        self._require("execute a batch", VmState.RUNNING)
+        what = ", ".join(sorted({c for c, _ in commands}))
+        return self._with_exit_context(what, lambda: self.qmp.execute_many(commands, timeout))
 
     def add_fd(self, fd: int, fdset_id: int, opaque: str) -> object:
         """Hand QEMU an open file as ``/dev/fdset/<fdset_id>`` (:meth:`QmpSession.add_fd`)."""

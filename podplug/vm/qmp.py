@@ -31,7 +31,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -81,6 +81,20 @@ class QmpEvent:
 
 
 EventMatch = Callable[[QmpEvent], bool]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One command's outcome in :meth:`QmpSession.execute_many`: the ``return`` value, or the
+    error QEMU answered with; ``seconds`` from the batch's start until this reply."""
+
+    command: str
+    value: object
+    seconds: float
+
+    @property
+    def error(self) -> QmpCommandError | None:
+        return self.value if isinstance(self.value, QmpCommandError) else None
 
 
 def deleted_event_matches(event: QmpEvent, device_id: str) -> bool:
@@ -263,6 +277,56 @@ class QmpSession:
         args = dict(arguments) if arguments is not None else None
         return self._command(command, args, client.execute(command, args), timeout)
 
+    def execute_many(
+        self,
+        commands: Sequence[tuple[str, Mapping[str, object] | None]],
+        timeout: float = DEFAULT_REPLY_TIMEOUT_S,
+    ) -> list[Answer]:
+        """Send ``commands`` back to back without waiting for replies, then collect them.
+
+        QMP pipelining (``docs/interop/qmp-spec.rst``, "Commands Responses"): a monitor
+        runs the commands it reads one after the other, in the order received, and answers
+        each; ``qemu.qmp`` matches each reply to its command by ``id``. So the outcome of
+        each command is what it would be if sent alone after the ones before it, without a
+        round trip between them. The answers come in the order of ``commands``: a return
+        value or the :class:`~podplug.errors.QmpCommandError` QEMU gave; a refusal does not
+        stop the commands after it.
+
+        :raise HotplugTimeout: not every reply came within ``timeout`` seconds (all)
+        :raise VmError: the connection was lost before every reply
+        :raise StateError: the session is not connected
+        """
+        client = self._client_or_raise("execute a batch")
+        started = time.monotonic()
+        names = [command for command, _ in commands]
+
+        async def one(command: str, args: dict[str, object] | None) -> tuple[object, float]:
+            try:
+                value: object = await client.execute(command, args)
+            except ExecuteError as exc:
+                value = QmpCommandError(command, args, exc.error_class, str(exc))
+            return value, time.monotonic() - started
+
+        async def every() -> list[tuple[object, float]]:
+            tasks = [asyncio.ensure_future(one(c, dict(a) if a is not None else None))
+                     for c, a in commands]  # created in order: sent in order
+            try:
+                return await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+        try:
+            replies = self._run(every(), timeout)
+        except TimeoutError as exc:
+            raise HotplugTimeout(f"QMP {', '.join(sorted(set(names)))}",
+                                 f"{len(names)} replies", timeout) from exc
+        except (ExecInterruptedError, QMPError, OSError, EOFError) as exc:
+            raise VmError(f"QMP batch ({len(names)} commands): connection to QEMU lost "
+                          f"({exc!r})") from exc
+        return [Answer(command, value, seconds)
+                for command, (value, seconds) in zip(names, replies, strict=True)]
+
     def add_fd(self, fd: int, fdset_id: int, opaque: str,
                timeout: float = DEFAULT_REPLY_TIMEOUT_S) -> object:
         """QMP ``add-fd``: ``fd`` (not closed) goes to QEMU by ``SCM_RIGHTS`` with the command
@@ -375,6 +439,7 @@ class QmpSession:
 
 __all__ = [
     "DEFAULT_REPLY_TIMEOUT_S",
+    "Answer",
     "EventMatch",
     "EventWatch",
     "QmpEvent",

@@ -36,12 +36,12 @@ The walk is pure over an injected ``qom_get(path, property)`` callable;
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from podplug.errors import QmpCommandError, VmError
+from podplug.errors import PodplugError, QmpCommandError, VmError
 from podplug.model.pci import GuestPciPath
-from podplug.vm.qmp import QmpSession
+from podplug.vm.qmp import Answer, QmpSession
 
 QomGet = Callable[[str, str], object]
 
@@ -146,6 +146,55 @@ def read_placement(qmp: QmpSession, device: str) -> QomPlacement:
     return placement_from_qom(device, lambda path, prop: qmp.qom_get(path, prop))
 
 
+ExecuteMany = Callable[[Sequence[tuple[str, Mapping[str, object] | None]]], Sequence[Answer]]
+
+
+def read_placements(execute_many: ExecuteMany, devices: Sequence[str]
+                    ) -> dict[str, QomPlacement | PodplugError]:
+    """Where each of ``devices`` is, read level by level with pipelined ``qom-get`` commands.
+
+    The same walk as :func:`placement_from_qom`, run over a cache that is filled one level
+    at a time: first ``addr`` and ``parent_bus`` of every device in one burst, then of every
+    port or bridge those buses belong to that is not known yet, and so on. A port shared by
+    many devices (a bridge with 30 volumes) is asked once, and no answer waits for another.
+    Each device gets its placement, or the error :func:`placement_from_qom` would have
+    raised for it.
+    """
+    known: dict[tuple[str, str], object] = {}
+    wanted = [device_qom_path(d) for d in devices]
+    for _ in range(MAX_DEPTH):
+        asks = [(path, prop) for path in dict.fromkeys(wanted) for prop in ("addr", "parent_bus")
+                if (path, prop) not in known]
+        if not asks:
+            break
+        answers = execute_many([("qom-get", {"path": path, "property": prop})
+                                for path, prop in asks])
+        for ask, answer in zip(asks, answers, strict=True):
+            known[ask] = answer.error if answer.error is not None else answer.value
+        wanted = []
+        for path, prop in asks:
+            bus = known[(path, prop)]
+            if prop == "parent_bus" and isinstance(bus, str) and bus.count("/") >= 2 \
+                    and not ROOT_BUS.match(bus):
+                wanted.append(bus.rsplit("/", 1)[0])
+
+    def cached(path: str, prop: str) -> object:
+        if (path, prop) not in known:  # deeper than MAX_DEPTH: the walk reports it
+            raise VmError(f"qom-get {path} {prop}: not read (deeper than {MAX_DEPTH} levels)")
+        value = known[(path, prop)]
+        if isinstance(value, QmpCommandError):
+            raise value
+        return value
+
+    found: dict[str, QomPlacement | PodplugError] = {}
+    for device in devices:
+        try:
+            found[device] = placement_from_qom(device, cached)
+        except PodplugError as exc:
+            found[device] = exc
+    return found
+
+
 __all__ = [
     "MAX_DEPTH",
     "ROOT_BUS",
@@ -155,4 +204,5 @@ __all__ = [
     "device_qom_path",
     "placement_from_qom",
     "read_placement",
+    "read_placements",
 ]

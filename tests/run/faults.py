@@ -3,9 +3,10 @@
 injected at one point of it through the seams a test may patch, and what QEMU still held
 is read over QMP just before podplug shuts it down.
 
-Seams: ``Vm.execute`` (before a chosen QMP command: kill QEMU, pause the guest, make QEMU
-refuse the command by handing it an argument it rejects), ``AgentClient.wait_ready`` (the
-boot), the run's progress lines (between phases) and ``Vm.shutdown``. The faults are
+Seams: ``Vm.execute`` and ``Vm.execute_many`` (before a chosen QMP command: kill QEMU,
+pause the guest, make QEMU refuse the command by handing it an argument it rejects; a
+pipelined burst is split there), ``AgentClient.wait_ready`` (the boot), the run's progress
+lines (between phases) and ``Vm.shutdown``. The faults are
 real: QEMU is really killed, really refuses, the guest is really paused (a paused guest
 answers no agent request and no eject: it is a guest that ignores both).
 """
@@ -167,6 +168,27 @@ def run_with_fault(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str,
         return original_execute(self, command, arguments, *rest)
 
     execute.__wrapped__ = original_execute  # type: ignore[attr-defined]
+    original_many = Vm.execute_many
+
+    def execute_many(self: Vm, commands: Any, *rest: Any) -> Any:
+        """A pipelined burst is split at the faulted command: the commands before it are
+        sent (and answered), the fault fires, then the rest goes, as it would in QEMU."""
+        if self.name != "podplug":
+            return original_many(self, commands, *rest)
+        commands = list(commands)
+        for i, (command, arguments) in enumerate(commands):
+            if command != fault.before_command:
+                continue
+            counts[command] = counts.get(command, 0) + 1
+            if counts[command] != fault.nth:
+                continue
+            first = original_many(self, commands[:i], *rest) if i else []
+            fire(self)
+            if fault.corrupt is not None:
+                commands[i] = (command, {**(arguments or {}), **fault.corrupt})
+            return [*first, *original_many(self, commands[i:], *rest)]
+        return original_many(self, commands, *rest)
+
     original_shutdown = Vm.shutdown
 
     def shutdown(self: Vm, timeout: float = 10.0) -> Any:
@@ -200,6 +222,7 @@ def run_with_fault(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str,
             fire(live[-1] if live else None)
 
     monkeypatch.setattr(Vm, "execute", execute)
+    monkeypatch.setattr(Vm, "execute_many", execute_many)
     monkeypatch.setattr(Vm, "shutdown", shutdown)
     monkeypatch.setattr(Vm, "launch", launch)
     monkeypatch.setattr(AgentClient, "wait_ready", wait_ready)

@@ -3,7 +3,7 @@ test_run_vm.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -15,7 +15,7 @@ from podplug.plan.plan import plan
 from podplug.plan.sequence import hot_devices, plug_steps
 from podplug.vm import hotplug
 from podplug.vm.hotplug import BatchFailed, carry_batch
-from podplug.vm.qmp import QmpEvent
+from podplug.vm.qmp import Answer, QmpEvent
 from podplug.vm.qompath import PciHop, QomPlacement
 from tests.support import block, config, inventory, request, vfio_group
 
@@ -55,8 +55,28 @@ class FakeVm:
             self.events.append(QmpEvent("DEVICE_DELETED", {"device": args["id"]}))
         return {}
 
+    def execute_many(self, commands: Sequence[tuple[str, Mapping[str, object] | None]],
+                     timeout: float = 0) -> list[Answer]:
+        """As QEMU answers a pipelined batch: every command runs, in order."""
+        answers = []
+        for command, arguments in commands:
+            try:
+                value = self.execute(command, arguments)
+            except QmpCommandError as exc:
+                value = exc
+            answers.append(Answer(command, value, 0.001 * (len(answers) + 1)))
+        return answers
+
     def watch(self, *names: str, match: Callable[[QmpEvent], bool] | None = None) -> _Watch:
         return _Watch(self, match)
+
+
+def _placing(monkeypatch: pytest.MonkeyPatch, where: Callable[[object, str], QomPlacement]
+             ) -> None:
+    """Make the executor's placement read-backs answer with ``where``."""
+    monkeypatch.setattr(hotplug, "read_placement", where)
+    monkeypatch.setattr(hotplug, "read_placements",
+                        lambda execute_many, devices: {d: where(None, d) for d in devices})
 
 
 def _steps():  # type: ignore[no-untyped-def]
@@ -81,7 +101,7 @@ def _as_planned(qmp: object, dev: str) -> QomPlacement:
 
 
 def test_failed_step_rolls_back_everything_done(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hotplug, "read_placement", _as_planned)
+    _placing(monkeypatch, _as_planned)
     vm = FakeVm(fail="device_add blk0")
     with pytest.raises(BatchFailed) as err:
         carry_batch(vm, _steps())  # type: ignore[arg-type]
@@ -96,7 +116,7 @@ def test_failed_step_rolls_back_everything_done(monkeypatch: pytest.MonkeyPatch)
 
 def test_placement_mismatch_is_an_error_and_the_device_comes_out(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hotplug, "read_placement", _place("05/00"))
+    _placing(monkeypatch, _place("05/00"))
     vm = FakeVm()
     with pytest.raises(BatchFailed) as err:
         carry_batch(vm, _steps())  # type: ignore[arg-type]
@@ -105,14 +125,53 @@ def test_placement_mismatch_is_an_error_and_the_device_comes_out(
 
 
 def test_all_good_returns_actual_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hotplug, "read_placement", _as_planned)
+    _placing(monkeypatch, _as_planned)
     results = carry_batch(FakeVm(), _steps())  # type: ignore[arg-type]
     assert [str(r.actual_path) for r in results] == ["03/00.1", "03/00", "None", "02/01"]
 
 
 def test_function_one_landing_at_function_zero_is_a_mismatch(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hotplug, "read_placement", _place("03/00"))
+    _placing(monkeypatch, _place("03/00"))
     with pytest.raises(BatchFailed) as err:
         carry_batch(FakeVm(), _steps())  # type: ignore[arg-type]
     assert "planned at guest PCI path 03/00.1, QEMU put it at 03/00" in str(err.value)
+
+
+def test_a_refused_step_mid_batch_undoes_the_steps_after_it_that_went_in(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipelined, QEMU runs every command of the burst: what went in after the refusal is
+    undone too, and the error names the refused step."""
+    _placing(monkeypatch, _as_planned)
+    vm = FakeVm(fail="blockdev-add drive-blk0")
+    with pytest.raises(BatchFailed) as err:
+        carry_batch(vm, _steps())  # type: ignore[arg-type]
+    assert "blockdev-add drive-blk0" in str(err.value)
+    assert [(c, a.get("id", a.get("node-name"))) for c, a in vm.sent][4:] == [
+        ("device_del", "blk0"), ("device_del", "vfio-0000-41-00-0"),
+        ("device_del", "vfio-0000-41-00-1"),
+    ]
+
+
+def test_a_placement_that_cannot_be_read_names_its_device(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreadable(qmp: object, dev: str) -> QomPlacement:
+        if dev == "blk0":
+            raise QmpCommandError("qom-get", {}, "DeviceNotFound", "gone")
+        return _as_planned(qmp, dev)
+
+    monkeypatch.setattr(hotplug, "read_placements", lambda execute_many, devices: {
+        d: _or_error(unreadable, d) for d in devices})
+    vm = FakeVm()
+    with pytest.raises(BatchFailed) as err:
+        carry_batch(vm, _steps())  # type: ignore[arg-type]
+    assert err.value.subject == "blk0" and "gone" in str(err.value)
+    assert ("device_del", {"id": "blk0"}) in vm.sent
+
+
+def _or_error(where: Callable[[object, str], QomPlacement], dev: str
+              ) -> QomPlacement | QmpCommandError:
+    try:
+        return where(None, dev)
+    except QmpCommandError as exc:
+        return exc

@@ -8,18 +8,20 @@ unattached ``pxb-host`` that has no ``addr``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pytest
 
 from podplug.errors import QmpCommandError, VmError
 from podplug.model.pci import GuestPciPath
+from podplug.vm.qmp import Answer
 from podplug.vm.qompath import (
     MAX_DEPTH,
     ROOT_BUS,
     PciHop,
     device_qom_path,
     placement_from_qom,
+    read_placements,
 )
 
 ROOT = "/machine/q35/pcie.0"
@@ -173,3 +175,53 @@ def test_bad_parent_bus_values(bus: object) -> None:
 )
 def test_root_bus_pattern(bus: str, is_root: bool) -> None:
     assert bool(ROOT_BUS.match(bus)) is is_root
+
+
+class FakeBatches:
+    """``execute_many`` over :class:`FakeQom`: records each burst of ``qom-get`` commands."""
+
+    def __init__(self, tree: Mapping[str, tuple[object, object]]) -> None:
+        self.qom = FakeQom(tree)
+        self.bursts: list[list[tuple[str, str]]] = []
+
+    def __call__(self, commands: Sequence[tuple[str, Mapping[str, object] | None]]
+                 ) -> list[Answer]:
+        burst, answers = [], []
+        for command, args in commands:
+            assert command == "qom-get" and args is not None
+            path, prop = str(args["path"]), str(args["property"])
+            burst.append((path, prop))
+            try:
+                value: object = self.qom(path, prop)
+            except QmpCommandError as exc:
+                value = exc
+            answers.append(Answer(command, value, 0.0))
+        self.bursts.append(burst)
+        return answers
+
+
+def test_batched_read_back_matches_the_walk_and_asks_each_port_once() -> None:
+    devices = ["d-rp", "d-dn", "d-br", "d-fn"]
+    batches = FakeBatches(TOPOLOGY)
+    found = read_placements(batches, devices)
+    for device in devices:
+        assert found[device] == placement_from_qom(device, FakeQom(TOPOLOGY))
+    asked = [ask for burst in batches.bursts for ask in burst]
+    assert len(asked) == len(set(asked))  # br1 serves two devices, asked once
+    assert len(batches.bursts) == 4  # devices; rp1, dn2, br1; up1; rp3 (depth, not count)
+    assert batches.bursts[0] == [(f"{P}/{d}", p) for d in devices for p in ("addr", "parent_bus")]
+
+
+def test_batched_read_back_gives_each_device_its_own_error() -> None:
+    found = read_placements(FakeBatches(TOPOLOGY), ["ghost", "d-br"])
+    assert isinstance(found["ghost"], QmpCommandError)
+    assert found["ghost"].error_class == "DeviceNotFound"
+    assert str(found["d-br"]) == "05/03"
+
+
+def test_batched_read_back_is_bounded_in_depth() -> None:
+    tree = {f"{P}/a": (8, f"{P}/b/b"), f"{P}/b": (8, f"{P}/a/a")}
+    batches = FakeBatches(tree)
+    (error,) = read_placements(batches, ["a"]).values()
+    assert isinstance(error, VmError)
+    assert len(batches.bursts) <= 2  # a loop of two is cached after two bursts
