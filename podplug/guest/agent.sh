@@ -50,6 +50,8 @@
 #   wait-pci PATH TIMEOUT_MS                OK BDF...   (root-to-device chain; last = device)
 #   blk-of-pci PATH [TIMEOUT_MS]            OK NAME...  (whole-disk block nodes below it)
 #   blk-of-scsi ADDR [TIMEOUT_MS]           OK NAME...  (ADDR = H:C:T:L or Kata's TARGET:LUN)
+#   wait-pcis TIMEOUT_MS PATH...            "- PATH BDF" lines; OK COUNT (each PATH waited
+#                                           for in turn, one request: a slot's functions)
 #   wait-blks TIMEOUT_MS PATH...            "- PATH NAME" lines; OK COUNT (the virtio-blk
 #                                           disk below each PATH, waited for together: a
 #                                           batch of volumes proven visible in one call)
@@ -85,7 +87,9 @@
 #                                           VPD page 0x80; the VFIO stand-in carries the
 #                                           host BDF it stands for)
 #   modules GROUP                           OK group=GROUP: load a module group of
-#                                           /etc/podplug/modules (boot, vfio, fs) now
+#                                           /etc/podplug/modules (boot blk scsi nvme vfio
+#                                           fs) now; for nvme, once every controller it
+#                                           drives has finished its probe
 #   bars BDF                                "- INDEX START END FLAGS" lines (hex, from
 #                                           sysfs resource; every non-empty BAR and bridge
 #                                           window, 13-15 = IO/mem/prefetchable windows);
@@ -166,7 +170,7 @@ check_abs() {
 # check_path PATH: sets P (lower-case) after validating the Kata PCI path syntax
 check_path() {
     local _old _el
-    P=$(echo "$1" | tr A-F a-f)
+    case $1 in *[A-F]*) P=$(echo "$1" | tr A-F a-f) ;; *) P=$1 ;; esac  # no fork when lower
     case $P in
         ''|/*|*/|*//*|*[!0-9a-f/.]*) fail invalid "not a guest PCI path (like 02/00): $1" ;;
     esac
@@ -254,9 +258,31 @@ preload() {
         grep -q "^$_g " /etc/podplug/modules || { log "no module group $_g"; continue; }
         load_group "$_g" || log "cannot load module group $_g"
     done
+    nvme_settle
     read -r _u _r </proc/uptime
     log "preloaded module groups at uptime $_u s"
     : >"$PRELOADED"
+}
+
+# nvme_settle [BDF]: wait (5 s at most) until the nvme controller of BDF (every controller
+# bound to nvme without one) has finished its asynchronous probe (state "live"). Removing or
+# unbinding a controller whose probe still runs oopses Linux 6.1 in nvme_dbbuf_dma_free
+# (measured here: a guest panic when a stand-in was unplugged as soon as it appeared).
+nvme_settle() {
+    local _deadline _st _busy
+    now_cs; _deadline=$((NOW + 500))
+    while :; do
+        _busy=
+        for _st in /sys/bus/pci/drivers/nvme/${1:-*}/nvme/nvme*/state; do
+            [ -e "$_st" ] || continue
+            getf "$_st"
+            case $V in live|dead|deleting*) ;; *) _busy=1 ;; esac
+        done
+        [ -z "$_busy" ] && return 0
+        now_cs
+        [ "$NOW" -ge "$_deadline" ] && return 1
+        sleep 0.02
+    done
 }
 
 # drivers GROUP...: wait (10 s at most) for the preload, then load the groups not loaded
@@ -363,6 +389,7 @@ bind_vfio() {
     [ -d /sys/bus/pci/drivers/vfio-pci ] || fail failed "vfio-pci driver not loaded"
     PREV=-
     if [ -e "$_d/driver" ]; then _l=$(readlink "$_d/driver"); PREV=${_l##*/}; fi
+    [ "$PREV" = nvme ] && nvme_settle "$1"
     echo vfio-pci >"$_d/driver_override" || fail failed "cannot set driver_override of $1"
     if [ "$PREV" != - ] && [ "$PREV" != vfio-pci ]; then
         echo "$1" >"$_d/driver/unbind" || fail failed "cannot unbind $1 from $PREV"
@@ -400,6 +427,7 @@ v_help() {
     data "blk-of-pci PATH [TIMEOUT_MS]"
     data "blk-of-scsi H:C:T:L|TARGET:LUN [TIMEOUT_MS]"
     data "wait-blks TIMEOUT_MS PATH..."
+    data "wait-pcis TIMEOUT_MS PATH..."
     data "mknod DIR CONTAINER_PATH b|c MAJOR MINOR MODE"
     data "devnum NAME"
     data "rw NODE"
@@ -412,7 +440,7 @@ v_help() {
     data "modules GROUP"
     data "bars BDF"
     data "device DIR MODE MS TYPE ID VM_PATH CONTAINER_PATH [OPTION]..."
-    ok 17
+    ok 18
 }
 
 v_lspci() {
@@ -438,6 +466,21 @@ v_wait_pci() {
     check_path "$1"; check_timeout "$2"
     wait_path "$P" "$2"
     ok "$R"
+}
+
+# wait-pcis MS PATH...: every PATH waited for in one request (the functions of a slot, a
+# batch); "- PATH BDF" for each, the device's own BDF
+v_wait_pcis() {
+    local _ms _p
+    [ $# -ge 2 ] || usage "wait-pcis TIMEOUT_MS PATH..."
+    _ms=$1; shift; check_timeout "$_ms"
+    for _p; do check_path "$_p"; done
+    for _p; do
+        check_path "$_p"
+        wait_path "$P" "$_ms"
+        data "$P ${R##* }"
+    done
+    ok "$#"
 }
 
 # disks_below SYSFS_DIR: B = whole-disk block names whose sysfs path is below the directory
@@ -630,6 +673,7 @@ v_serial() {
         *:*) check_bdf "$1"
             _d=/sys/bus/pci/devices/$1
             [ -e "$_d" ] || fail not-found "no PCI device $1"
+            nvme_settle "$1"
             for _s in "$_d"/nvme/nvme*/serial "$_d"/virtio*/block/*/serial; do
                 if [ -e "$_s" ]; then getf "$_s"; set -- $V; ok "serial=$*"; fi
             done
@@ -652,6 +696,7 @@ v_modules() {
     case $1 in *[!a-z0-9]*|'') fail invalid "bad module group: $1" ;; esac
     grep -q "^$1 " /etc/podplug/modules || fail not-found "no module group $1"
     load_group "$1" || fail failed "cannot load the $1 modules"
+    [ "$1" = nvme ] && nvme_settle
     ok "group=$1"
 }
 
@@ -771,6 +816,7 @@ handle_line() {
         blk-of-pci) _fn=v_blk_of_pci ;;
         blk-of-scsi) _fn=v_blk_of_scsi ;;
         wait-blks) _fn=v_wait_blks ;;
+        wait-pcis) _fn=v_wait_pcis ;;
         mknod) _fn=v_mknod ;;
         devnum) _fn=v_devnum ;;
         rw) _fn=v_rw ;;

@@ -35,6 +35,8 @@ starting on root bus ``0000:00``. ``MS`` is milliseconds.
                                         device; the last BDF is the device
 ``blk-of-pci PATH [MS]``                ``OK NAME...``: whole-disk block nodes below it
 ``blk-of-scsi H:C:T:L|TARGET:LUN [MS]`` ``OK NAME...``
+``wait-pcis MS PATH...``                data ``PATH BDF`` lines, ``OK COUNT``: each path
+                                        waited for, in one request
 ``wait-blks MS PATH...``                data ``PATH NAME`` lines, ``OK COUNT``: the
                                         virtio-blk disk below each path, waited for at once
 ``mknod DIR CPATH b|c MAJ MIN MODE``    ``OK path=DIR/CPATH type=b devnum=MAJ:MIN mode=660``.
@@ -56,7 +58,7 @@ starting on root bus ``0000:00``. ``MS`` is milliseconds.
 ``ro-check NODE``                       ``OK type=b size=BYTES head=SHA256 tail=SHA256``:
                                         reads only, the first and last 4 KiB (direct I/O)
 ``modules GROUP``                       ``OK group=GROUP``: load a module group now (``boot``,
-                                        ``vfio``, ``fs``)
+                                        ``blk``, ``scsi``, ``nvme``, ``vfio``, ``fs``)
 ``bars BDF``                            data ``INDEX START END FLAGS`` lines (hex, sysfs
                                         ``resource``; 13-15 are a bridge's IO, memory and
                                         prefetchable windows); ``OK COUNT``
@@ -93,6 +95,7 @@ VERBS: dict[str, tuple[int, int]] = {
     "blk-of-pci": (1, 2),
     "blk-of-scsi": (1, 2),
     "wait-blks": (2, 1 + 256),  # MS, then up to 256 paths
+    "wait-pcis": (2, 1 + 256),
     "blk-sums": (3, 3),
     "blk-write": (3, 3),
     "mknod": (6, 6),

@@ -47,6 +47,22 @@ def guest_module_groups(plan: Plan, *,
     return tuple(g for g in ModuleGroup if g in groups)
 
 
+def after_release(plan: Plan, groups: tuple[ModuleGroup, ...]
+                  ) -> tuple[tuple[ModuleGroup, ...], tuple[ModuleGroup, ...]]:
+    """``groups`` split into (loaded from boot, loaded once the window keepers are gone).
+
+    A window keeper is an nvme controller (:mod:`podplug.plan.windows`) unplugged right
+    after boot. Bound to the guest's nvme driver, its removal can race the driver's
+    asynchronous probe: measured here, Linux 6.1 oopsed in ``nvme_dbbuf_dma_free`` (guest
+    panic) when keepers were released 0.5 s after nvme was loaded. So with keepers in the
+    plan, ``nvme`` is loaded only after their release, and never binds them.
+    """
+    if not any(c.keeper for c in plan.topology.controllers):
+        return groups, ()
+    return (tuple(g for g in groups if g is not ModuleGroup.NVME),
+            tuple(g for g in groups if g is ModuleGroup.NVME))
+
+
 def cmdline_word(groups: tuple[ModuleGroup, ...]) -> str:
     """``podplug.load=blk,nvme`` (``podplug.load=`` for none: nothing is preloaded)."""
     return f"{CMDLINE_KEY}={','.join(g.value for g in groups)}"

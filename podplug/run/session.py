@@ -32,7 +32,7 @@ from podplug.interrupts import until_signal
 from podplug.model.enums import Bucket, HotplugMode
 from podplug.model.host import HostInventory
 from podplug.model.qemu import QemuFeature
-from podplug.plan.guest_needs import cmdline_word, guest_module_groups
+from podplug.plan.guest_needs import after_release, cmdline_word, guest_module_groups
 from podplug.plan.model import BlockdevNode, DevicePlan, Plan, QemuDevice
 from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan as make_plan
@@ -52,7 +52,7 @@ from podplug.run.report import DeviceRow, RunReport
 from podplug.run.verify import GuestProver
 from podplug.run.volumes import Depth, VolumePolicy, depth_for, drive_for
 from podplug.vm.accel import choose_accel, probe_kvm
-from podplug.vm.hotplug import StepResult, carry, carry_batch
+from podplug.vm.hotplug import StepResult, carry, carry_batch, unplug_batch
 from podplug.vm.probe import probe_qemu, require, resolve_qemu
 from podplug.vm.process import Accel, Vm
 from podplug.vm.qompath import read_placements
@@ -87,8 +87,9 @@ def guest_argv(plan: Plan, image: GuestImage, sock: Path, *,
     names the kernel and initramfs handed over open (:mod:`podplug.run.handover`); the
     guest loads the module groups the plan's devices need (:mod:`podplug.plan.guest_needs`)."""
     mapped = device or _same
+    preload, _ = after_release(plan, guest_module_groups(plan, device=mapped))
     append = " ".join([image.cmdline, *(["intel_iommu=on"] if plan.guest_iommu else []),
-                       cmdline_word(guest_module_groups(plan, device=mapped))])
+                       cmdline_word(preload)])
     kernel, initrd = (boot.kernel, boot.initrd) if boot else (image.kernel, image.initramfs)
     argv = [
         "-cpu", "host" if accel is Accel.KVM else "max", "-smp", "1", "-m", str(memory_mib),
@@ -293,9 +294,13 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
         if release:
             where.at("window keeper release")
             with clock.phase("release"):
-                carry_batch(vm, release)
+                unplug_batch(vm, release)
             clock.say(f"{len(release) // 2} window keeper(s) unplugged: their ports keep "
                       "the windows firmware sized")
+            _, later = after_release(plan, guest_module_groups(plan, device=mapping))
+            for group in later:  # never bound to a keeper (guest_needs.after_release)
+                where.at("window keeper release", step=f"agent modules {group.value}")
+                agent.call("modules", group.value)
         hot = hot_devices(plan)
         steps = plug_steps(hot, device=mapping, drive=lambda n: handed[n.node_name])
         clock.say(f"hot-plugging {len(hot)} device(s): {len(steps)} QMP steps")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from podplug.model.enums import ModuleGroup
-from podplug.plan.guest_needs import cmdline_word, guest_module_groups
+from podplug.plan.guest_needs import after_release, cmdline_word, guest_module_groups
 from podplug.plan.plan import plan
 from podplug.plan.standin import stand_ins
 from tests.support import block, config, inventory, request, vfio_group
@@ -42,3 +42,21 @@ def test_no_devices_preload_nothing() -> None:
     p = plan(config(), request(), inventory(0, 0, blocks=0))
     assert guest_module_groups(p) == ()
     assert cmdline_word(()) == "podplug.load="
+
+
+def test_nvme_waits_for_the_window_keepers_to_leave() -> None:
+    """Hot targets behind a switch get nvme window keepers: nvme must not bind them."""
+    host = inventory(1, 2, blocks=1)
+    p = plan(config("vfio", hot="switch-port", switch_ports=1), request(vfio_group(12),
+             block(0)), host)
+    assert any(c.keeper for c in p.topology.controllers)
+    groups = guest_module_groups(p, device=stand_ins(host.functions))
+    assert NVME in groups
+    assert after_release(p, groups) == (tuple(g for g in groups if g is not NVME), (NVME,))
+
+
+def test_without_keepers_everything_loads_from_boot() -> None:
+    p = plan(config("vfio", cold="root-port", root_ports=1), request(vfio_group(12)),
+             inventory(1, 2, blocks=0))
+    assert not any(c.keeper for c in p.topology.controllers)
+    assert after_release(p, (NVME, VFIO)) == ((NVME, VFIO), ())

@@ -43,6 +43,7 @@ class FakeVm:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.fail = fail
         self.events: list[QmpEvent] = []
+        self.slot_mates: dict[str, tuple[str, ...]] = {}
         self.qmp = self
 
     def execute(self, command: str, arguments: Mapping[str, object] | None = None,
@@ -51,8 +52,9 @@ class FakeVm:
         self.sent.append((command, args))
         if f"{command} {args.get('id', args.get('node-name'))}" == self.fail:
             raise QmpCommandError(command, args, "GenericError", "injected")
-        if command == "device_del":
-            self.events.append(QmpEvent("DEVICE_DELETED", {"device": args["id"]}))
+        if command == "device_del":  # QEMU takes a slot's other functions with function 0
+            for gone in (args["id"], *self.slot_mates.get(str(args["id"]), ())):
+                self.events.append(QmpEvent("DEVICE_DELETED", {"device": gone}))
         return {}
 
     def execute_many(self, commands: Sequence[tuple[str, Mapping[str, object] | None]],
@@ -175,3 +177,32 @@ def _or_error(where: Callable[[object, str], QomPlacement], dev: str
         return where(None, dev)
     except QmpCommandError as exc:
         return exc
+
+
+def test_unplug_batch_sends_every_device_del_then_the_node_deletes() -> None:
+    """All device_dels in one burst, every DEVICE_DELETED awaited, then the blockdev-dels:
+    no node is deleted while a device may still use it."""
+    from podplug.plan.sequence import unplug_steps
+    from podplug.vm.hotplug import unplug_batch
+
+    p = plan(config("vfio", hot="root-port"), request(vfio_group(12), block(0)),
+             inventory(1, 2, blocks=1))
+    vm = FakeVm()
+    vm.slot_mates = {"vfio-0000-41-00-0": ("vfio-0000-41-00-1",)}
+    results = unplug_batch(vm, unplug_steps(hot_devices(p)))  # type: ignore[arg-type]
+    sent = [(c, a.get("id", a.get("node-name"))) for c, a in vm.sent]
+    dels = [i for c, i in sent if c == "device_del"]
+    assert sorted(dels) == ["blk0", "vfio-0000-41-00-0"]  # unplug_steps order, one burst
+    assert sent.index(("blockdev-del", "drive-blk0")) > max(
+        sent.index(("device_del", i)) for i in dels)
+    assert {r.step.subject for r in results} == {"vfio-0000-41-00-0", "blk0", "drive-blk0"}
+    assert vm.events == []  # every event it caused was consumed
+
+
+def test_unplug_batch_passes_on_a_refusal() -> None:
+    from podplug.plan.sequence import unplug_steps
+    from podplug.vm.hotplug import unplug_batch
+
+    p = plan(config("vfio", hot="root-port"), request(block(0)), inventory(0, 0, blocks=1))
+    with pytest.raises(QmpCommandError):
+        unplug_batch(FakeVm(fail="device_del blk0"), unplug_steps(hot_devices(p)))  # type: ignore[arg-type]
