@@ -264,19 +264,28 @@ preload() {
     : >"$PRELOADED"
 }
 
-# nvme_settle [BDF]: wait (5 s at most) until the nvme controller of BDF (every controller
-# bound to nvme without one) has finished its asynchronous probe (state "live"). Removing or
-# unbinding a controller whose probe still runs oopses Linux 6.1 in nvme_dbbuf_dma_free
-# (measured here: a guest panic when a stand-in was unplugged as soon as it appeared).
+# nvme_settle [BDF]: once nvme is loaded, wait (5 s at most) until the nvme controller BDF
+# (every nvme-class function without one) is bound and, when bound to nvme, has finished its
+# asynchronous probe (state "live"). nvme probes asynchronously, so a function may still be
+# unbound right after insmod; and removing or unbinding a controller whose probe still runs
+# oopses Linux 6.1 in nvme_dbbuf_dma_free (measured here: a guest panic when a stand-in was
+# unplugged as soon as it appeared).
 nvme_settle() {
-    local _deadline _st _busy
+    local _deadline _d _st _busy
+    [ -d /sys/bus/pci/drivers/nvme ] || return 0
     now_cs; _deadline=$((NOW + 500))
     while :; do
         _busy=
-        for _st in /sys/bus/pci/drivers/nvme/${1:-*}/nvme/nvme*/state; do
-            [ -e "$_st" ] || continue
-            getf "$_st"
-            case $V in live|dead|deleting*) ;; *) _busy=1 ;; esac
+        for _d in /sys/bus/pci/devices/${1:-*}; do
+            [ -e "$_d/class" ] || continue
+            getf "$_d/class"
+            [ "$V" = 0x010802 ] || continue
+            if [ ! -e "$_d/driver" ]; then _busy=1; continue; fi
+            for _st in "$_d"/nvme/nvme*/state; do
+                [ -e "$_st" ] || continue
+                getf "$_st"
+                case $V in live|dead|deleting*) ;; *) _busy=1 ;; esac
+            done
         done
         [ -z "$_busy" ] && return 0
         now_cs
@@ -323,8 +332,8 @@ check_mode() {
 # place_node DIR CPATH TYPE MAJOR MINOR MODE: N = DIR/CPATH, a fresh node with those numbers
 place_node() {
     N=${1%/}$2
-    mkdir -p "${N%/*}" || fail failed "cannot create ${N%/*}"
-    rm -f "$N"
+    [ -d "${N%/*}" ] || mkdir -p "${N%/*}" || fail failed "cannot create ${N%/*}"
+    if [ -e "$N" ] || [ -L "$N" ]; then rm -f "$N"; fi
     mknod -m "$6" "$N" "$3" "$4" "$5" || fail failed "mknod $N failed"
     stat_node "$N" || fail failed "$N is not a device node after mknod"
 }
@@ -486,7 +495,14 @@ v_wait_pcis() {
 # disks_below SYSFS_DIR: B = whole-disk block names whose sysfs path is below the directory
 disks_below() {
     local _real _b _r
-    _real=$(readlink -f "$1"); B=
+    B=
+    # where virtio-blk and nvme put their disks: found without a fork (most proofs)
+    for _b in "$1"/virtio*/block/* "$1"/nvme/nvme*/nvme*n*; do
+        [ -e "$_b/dev" ] && B="$B ${_b##*/}"
+    done
+    B=${B# }
+    [ -n "$B" ] && return 0
+    _real=$(readlink -f "$1")
     for _b in /sys/class/block/*; do
         [ -e "$_b" ] || continue
         [ -e "$_b/partition" ] && continue
@@ -673,6 +689,8 @@ v_serial() {
         *:*) check_bdf "$1"
             _d=/sys/bus/pci/devices/$1
             [ -e "$_d" ] || fail not-found "no PCI device $1"
+            getf "$_d/class"
+            [ "$V" = 0x010802 ] && drivers nvme  # an nvme controller: its driver, on demand
             nvme_settle "$1"
             for _s in "$_d"/nvme/nvme*/serial "$_d"/virtio*/block/*/serial; do
                 if [ -e "$_s" ]; then getf "$_s"; set -- $V; ok "serial=$*"; fi
@@ -731,7 +749,9 @@ v_device() {
             set -- $B
             [ $# -eq 1 ] || fail failed "$_id: $# disks ($B), expected one"
             _name=$1
-            stat_node "/dev/$_name" || fail failed "/dev/$_name is not a block device node"
+            getf "/sys/class/block/$_name/dev"  # the kernel's numbers, read without a fork
+            MAJ=${V%%:*}; MIN=${V#*:}
+            is_uint "$MAJ" && is_uint "$MIN" || fail failed "no device numbers for $_name"
             place_node "$_dir" "$_cpath" b "$MAJ" "$MIN" "$_mode"
             ok "type=$_type node=$N devnum=$MAJ:$MIN vm_path=/dev/$_name" ;;
         vfio-pci|vfio-pci-gk)

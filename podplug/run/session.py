@@ -38,6 +38,7 @@ from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan as make_plan
 from podplug.plan.sequence import (
     Step,
+    StepKind,
     hot_devices,
     plug_steps,
     release_steps,
@@ -268,6 +269,20 @@ class _Where:
         self.phase, self.device, self.step = phase, device, step
 
 
+def release_window_keepers(vm: Vm, agent: AgentClient, plan: Plan,
+                           device: Callable[[QemuDevice], QemuDevice]) -> int:
+    """The window keepers leave (``unplug_batch`` of :func:`release_steps`), then the guest
+    loads the module groups held back until they were gone (:func:`after_release`: nvme
+    never binds a keeper). Returns how many keepers left."""
+    steps = release_steps(plan)
+    if steps:
+        unplug_batch(vm, steps)
+    _, later = after_release(plan, guest_module_groups(plan, device=device))
+    for group in later:
+        agent.call("modules", group.value)
+    return sum(1 for step in steps if step.kind is StepKind.DEVICE_DEL)
+
+
 def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _Clock,
                sock: Path, emulate: bool, mapping: Callable[[QemuDevice], QemuDevice],
                drives: dict[str, Drive], where: _Where) -> list[DeviceRow]:
@@ -290,17 +305,12 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
                 if isinstance(found, PodplugError):
                     raise found
                 actual[qemu_id] = str(found.path)
-        release = release_steps(plan)
-        if release:
+        if release_steps(plan):
             where.at("window keeper release")
             with clock.phase("release"):
-                unplug_batch(vm, release)
-            clock.say(f"{len(release) // 2} window keeper(s) unplugged: their ports keep "
-                      "the windows firmware sized")
-            _, later = after_release(plan, guest_module_groups(plan, device=mapping))
-            for group in later:  # never bound to a keeper (guest_needs.after_release)
-                where.at("window keeper release", step=f"agent modules {group.value}")
-                agent.call("modules", group.value)
+                released = release_window_keepers(vm, agent, plan, mapping)
+            clock.say(f"{released} window keeper(s) unplugged: their ports keep the windows "
+                      "firmware sized")
         hot = hot_devices(plan)
         steps = plug_steps(hot, device=mapping, drive=lambda n: handed[n.node_name])
         clock.say(f"hot-plugging {len(hot)} device(s): {len(steps)} QMP steps")

@@ -26,7 +26,7 @@ from podplug.vm.process import Vm
 from podplug.vm.qmp import deleted_event_matches
 from podplug.vm.qompath import read_placement, read_placements
 
-BUSY_RETRY_S = 0.1  # native: the indicator blinks ~1 s after power-on; 0.5 s cost up to that much more
+BUSY_RETRY_S = 0.1  # native: the indicator blinks ~1 s after power-on; 0.5 s cost more
 UNPLUG_TIMEOUT_S = 15.0  # native PCIe unplug takes 5-6 s here (qemu-recipe.md); ACPI 0.09 s
 
 
@@ -110,7 +110,8 @@ def carry_batch(vm: Vm, steps: Sequence[Step]) -> list[StepResult]:
     expected = {step.subject: step for step in steps
                 if step.kind is StepKind.DEVICE_ADD and step.expect_path is not None}
     placed: dict[str, GuestPciPath] = {}
-    for subject, where in read_placements(vm.execute_many, list(expected)).items():
+    for subject, where in read_placements(vm.execute_many, list(expected),
+                                          vm.port_placements).items():
         step = expected[subject]
         if isinstance(where, PodplugError):
             raise _failed(vm, step, where, done)

@@ -192,6 +192,9 @@ class Vm:
         self._qmp: QmpSession | None = None
         self._workdir: Path | None = None
         self._argv: tuple[str, ...] = ()
+        #: QOM ``addr``/``parent_bus`` of the boot topology's ports, read once
+        #: (:func:`podplug.vm.qompath.read_placements`)
+        self.port_placements: dict[tuple[str, str], object] = {}
         self._final_output = ""
         self._report: StopReport | None = None
 

@@ -149,7 +149,8 @@ def read_placement(qmp: QmpSession, device: str) -> QomPlacement:
 ExecuteMany = Callable[[Sequence[tuple[str, Mapping[str, object] | None]]], Sequence[Answer]]
 
 
-def read_placements(execute_many: ExecuteMany, devices: Sequence[str]
+def read_placements(execute_many: ExecuteMany, devices: Sequence[str],
+                    ports: dict[tuple[str, str], object] | None = None,
                     ) -> dict[str, QomPlacement | PodplugError]:
     """Where each of ``devices`` is, read level by level with pipelined ``qom-get`` commands.
 
@@ -158,9 +159,11 @@ def read_placements(execute_many: ExecuteMany, devices: Sequence[str]
     port or bridge those buses belong to that is not known yet, and so on. A port shared by
     many devices (a bridge with 30 volumes) is asked once, and no answer waits for another.
     Each device gets its placement, or the error :func:`placement_from_qom` would have
-    raised for it.
+    raised for it. ``ports`` (kept by the caller for one VM's life) holds what was read of
+    the ports and bridges on the way: they are the boot topology, cold-plugged, and never
+    move, so the next batch asks only about its own devices.
     """
-    known: dict[tuple[str, str], object] = {}
+    known: dict[tuple[str, str], object] = dict(ports or {})
     wanted = [device_qom_path(d) for d in devices]
     for _ in range(MAX_DEPTH):
         asks = [(path, prop) for path in dict.fromkeys(wanted) for prop in ("addr", "parent_bus")
@@ -186,6 +189,10 @@ def read_placements(execute_many: ExecuteMany, devices: Sequence[str]
             raise value
         return value
 
+    if ports is not None:
+        own = {device_qom_path(d) for d in devices}
+        ports.update((key, value) for key, value in known.items()
+                     if key[0] not in own and not isinstance(value, PodplugError))
     found: dict[str, QomPlacement | PodplugError] = {}
     for device in devices:
         try:

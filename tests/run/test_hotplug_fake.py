@@ -44,6 +44,7 @@ class FakeVm:
         self.fail = fail
         self.events: list[QmpEvent] = []
         self.slot_mates: dict[str, tuple[str, ...]] = {}
+        self.port_placements: dict[tuple[str, str], object] = {}
         self.qmp = self
 
     def execute(self, command: str, arguments: Mapping[str, object] | None = None,
@@ -78,7 +79,7 @@ def _placing(monkeypatch: pytest.MonkeyPatch, where: Callable[[object, str], Qom
     """Make the executor's placement read-backs answer with ``where``."""
     monkeypatch.setattr(hotplug, "read_placement", where)
     monkeypatch.setattr(hotplug, "read_placements",
-                        lambda execute_many, devices: {d: where(None, d) for d in devices})
+                        lambda execute_many, devices, *ports: {d: where(None, d) for d in devices})
 
 
 def _steps():  # type: ignore[no-untyped-def]
@@ -162,7 +163,7 @@ def test_a_placement_that_cannot_be_read_names_its_device(
             raise QmpCommandError("qom-get", {}, "DeviceNotFound", "gone")
         return _as_planned(qmp, dev)
 
-    monkeypatch.setattr(hotplug, "read_placements", lambda execute_many, devices: {
+    monkeypatch.setattr(hotplug, "read_placements", lambda execute_many, devices, *ports: {
         d: _or_error(unreadable, d) for d in devices})
     vm = FakeVm()
     with pytest.raises(BatchFailed) as err:

@@ -21,11 +21,11 @@ from podplug.image.build import build_image
 from podplug.model.host import Bar, HostInventory
 from podplug.plan.model import Plan
 from podplug.plan.plan import plan
-from podplug.plan.sequence import hot_devices, plug_steps, release_steps
+from podplug.plan.sequence import hot_devices, plug_steps
 from podplug.plan.standin import PMR_BAR, stand_ins
 from podplug.plan.topology import Role, Use
 from podplug.plan.windows import FIRMWARE_WINDOW
-from podplug.run.session import guest_argv
+from podplug.run.session import guest_argv, release_window_keepers
 from podplug.run.verify import GuestProver
 from podplug.vm.hotplug import carry_batch
 from podplug.vm.process import Accel, Vm
@@ -52,7 +52,8 @@ def _booted(p: Plan, host: HostInventory) -> Iterator[tuple[Vm, AgentClient]]:
                           memory_mib=512, accel=Accel.TCG)
         with Vm(argv, accel=Accel.TCG, tmp_parent=tmp) as vm, AgentClient.connect(sock) as agent:
             agent.wait_ready(60.0)
-            carry_batch(vm, release_steps(p))  # the keepers leave, their windows stay
+            # the keepers leave, their windows stay; then nvme loads (it never binds a keeper)
+            release_window_keepers(vm, agent, p, stand_ins(host.functions))
             yield vm, agent
 
 

@@ -225,3 +225,15 @@ def test_batched_read_back_is_bounded_in_depth() -> None:
     (error,) = read_placements(batches, ["a"]).values()
     assert isinstance(error, VmError)
     assert len(batches.bursts) <= 2  # a loop of two is cached after two bursts
+
+
+def test_the_ports_read_once_are_not_asked_again() -> None:
+    """The boot topology's ports never move: a second batch asks only about its devices."""
+    ports: dict[tuple[str, str], object] = {}
+    first = FakeBatches(TOPOLOGY)
+    read_placements(first, ["d-dn"], ports)
+    assert (f"{P}/rp3", "addr") in ports and (f"{P}/d-dn", "addr") not in ports
+    second = FakeBatches(TOPOLOGY)
+    found = read_placements(second, ["d-dn"], ports)
+    assert str(found["d-dn"]) == "04/00/01/00"
+    assert second.bursts == [[(f"{P}/d-dn", "addr"), (f"{P}/d-dn", "parent_bus")]]
