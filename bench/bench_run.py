@@ -63,7 +63,7 @@ from podplug.plan.standin import stand_in  # noqa: E402
 from podplug.plan.topology import Target  # noqa: E402
 from podplug.run.session import guest_argv  # noqa: E402
 from podplug.run.volumes import drive_for  # noqa: E402
-from podplug.vm.hotplug import carry  # noqa: E402
+from podplug.vm.hotplug import carry, carry_batch  # noqa: E402
 from podplug.vm.process import DEFAULT_QEMU, Accel, Vm  # noqa: E402
 from podplug.vm.qmp import DEFAULT_REPLY_TIMEOUT_S  # noqa: E402
 from tests.support import live_qemu  # noqa: E402
@@ -155,12 +155,14 @@ def serial_uptime(serial: str, what: str) -> float:
 
 
 @contextlib.contextmanager
-def booted(plan: Plan, image: GuestImage, root: Path) -> Iterator[tuple[Vm, AgentClient, Boot]]:
+def booted(plan: Plan, image: GuestImage, root: Path,
+           device: Callable[[QemuDevice], QemuDevice] = stand_in,
+           ) -> Iterator[tuple[Vm, AgentClient, Boot]]:
     """A running VM of ``plan`` (VFIO as emulated stand-ins) with its agent ready; stopped and
     its directory (below ``root``) removed on every exit path."""
     with tempfile.TemporaryDirectory(prefix="vm-", dir=root) as tmp:
         sock = Path(tmp) / "agent.sock"
-        argv = guest_argv(plan, image, sock, device=stand_in,
+        argv = guest_argv(plan, image, sock, device=device,
                           memory_mib=MEMORY_MIB, accel=ACCEL)
         started = time.monotonic()
         with Vm(argv, accel=ACCEL, tmp_parent=tmp, name="bench") as vm:
@@ -255,34 +257,32 @@ def volume_at(device: DevicePlan, target: Target) -> DevicePlan:
 
 def volume_cycle(vm: Vm, agent: AgentClient, device: DevicePlan, inputs: Inputs,
                  into: Cycles) -> None:
-    """blockdev-add (untimed), device_add -> ``blk-of-pci`` answers, device_del ->
-    DEVICE_DELETED, blockdev-del (untimed)."""
+    """blockdev-add + device_add as ``podplug run`` sends them (``carry_batch``: pipelined,
+    placement read back) -> the agent's ``wait-blks`` finds the disk; device_del ->
+    DEVICE_DELETED; blockdev-del (untimed)."""
     path = str(device.guest_paths[0])
-    for step in plug_steps([device], drive=lambda n: drive_for(n, inputs.inventory, fake_host=True,
-                                                read_only=False)):
-        if step.kind is not StepKind.DEVICE_ADD:
-            carry(vm, step)
-            continue
-        t0 = time.monotonic()
-        carry(vm, step)  # device_add + read-back of the guest PCI path over QOM
-        into.qmp.append(time.monotonic() - t0)
-        names = agent.call("blk-of-pci", path, WAIT_MS, timeout=15.0).words
-        into.add.append(time.monotonic() - t0)
-        assert names, f"no block device below {path}"
+    steps = plug_steps([device], drive=lambda n: drive_for(n, inputs.inventory, fake_host=True,
+                                                           read_only=False))
+    t0 = time.monotonic()
+    carry_batch(vm, steps)
+    into.qmp.append(time.monotonic() - t0)
+    seen = agent.call("wait-blks", WAIT_MS, path, timeout=15.0)
+    into.add.append(time.monotonic() - t0)
+    assert seen.lines, f"no block device below {path}"
     unplug(vm, unplug_steps([device]), into)
 
 
 def standin_cycle(vm: Vm, agent: AgentClient, device: DevicePlan, into: Cycles) -> None:
-    """Both stand-in functions added (function 1, then 0) -> ``wait-pci PATH.F`` answers for
-    each; device_del of function 0 -> DEVICE_DELETED of both."""
+    """Both stand-in functions added in one pipelined batch (function 1, then 0) -> one
+    ``wait-pcis`` for both; device_del of function 0 -> DEVICE_DELETED of both."""
     steps = plug_steps([device], device=stand_in)
     t0 = time.monotonic()
-    for step in steps:
-        carry(vm, step)
+    carry_batch(vm, steps)
     into.qmp.append(time.monotonic() - t0)
-    for function in device.functions:
-        agent.call("wait-pci", str(function.guest_path), WAIT_MS, timeout=15.0)
+    agent.call("wait-pcis", WAIT_MS, *(str(f.guest_path) for f in device.functions),
+               timeout=15.0)
     into.add.append(time.monotonic() - t0)
+    agent.call("modules", "nvme")  # untimed: the stand-ins' nvme probes end before removal
     unplug(vm, unplug_steps([device]), into)
 
 
