@@ -9,7 +9,11 @@ follow while that cleanup runs: a second Ctrl-C must not cut short the teardown 
 first. The CLI exits ``128 + signal number`` (130, 143, 129), as a shell reports a signal.
 
 :func:`deferred` holds a signal back over a few statements that must not be split (a
-child process started but not yet recorded): it is raised when the block ends.
+child process started but not yet recorded), or over a wait inside ``threading``'s lock
+code, where an exception raised by a signal handler leaves the lock half released
+("cannot release un-acquired lock" replaced the interrupt, measured in a run stopped
+during a QMP call): it is raised when the block ends; :func:`pending` lets such a wait
+end early.
 :func:`until_signal` waits for one where a signal is the expected end (``run
 --keep-running``), taking it as a value instead of an exception landing anywhere.
 """
@@ -85,6 +89,11 @@ def deferred() -> Iterator[None]:
         signum, _State.pending = _State.pending, None
         _State.raised = True
         raise Interrupted(signum)
+
+
+def pending() -> bool:
+    """A signal is being held back by :func:`deferred` (the block should end soon)."""
+    return _State.pending is not None
 
 
 def until_signal(done: Callable[[], bool], interval: float = 0.2) -> int | None:

@@ -53,3 +53,28 @@ def test_until_signal_takes_it_as_a_value() -> None:
             signal.signal(signal.SIGALRM, previous)
         assert until_signal(lambda: True) is None  # done() ends it without a signal
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_signal_during_a_qmp_wait_ends_it_as_the_interrupt() -> None:
+    """A QMP call waits on a ``concurrent.futures`` Condition; the signal is held while in
+    ``threading``'s lock code and raised once out of it (an exception raised inside had
+    left "cannot release un-acquired lock" in its place), within the poll interval."""
+    import asyncio
+    import threading
+    import time
+
+    from podplug.vm.qmp import QmpSession
+
+    session = QmpSession("signal-test")
+    loop = session._start_loop()
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM))
+    started = time.monotonic()
+    try:
+        with pytest.raises(Interrupted) as caught, handled():
+            timer.start()
+            session._run(asyncio.sleep(30), 30.0)
+        assert caught.value.signum == signal.SIGTERM
+        assert time.monotonic() - started < 5.0
+    finally:
+        timer.cancel()
+        loop.call_soon_threadsafe(loop.stop)

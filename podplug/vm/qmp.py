@@ -46,6 +46,7 @@ from qemu.qmp import (
 )
 
 from podplug.errors import HotplugTimeout, QmpCommandError, StateError, VmError
+from podplug.interrupts import deferred, pending
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ _T = TypeVar("_T")
 
 #: Extra time the calling thread grants the loop beyond a coroutine's own timeout.
 _GRACE_S = 2.0
+#: How often a waiting caller looks for a held-back signal (a reply ends the wait at once).
+_POLL_S = 0.05
 #: How many recent events :meth:`QmpSession.recent_events` keeps.
 _EVENT_LOG_SIZE = 256
 #: Default bound for a QMP reply.
@@ -192,14 +195,22 @@ class QmpSession:
             return await asyncio.wait_for(awaitable, timeout)
 
         future = asyncio.run_coroutine_threadsafe(bounded(), loop)
+        deadline = time.monotonic() + timeout + _GRACE_S
         try:
-            return future.result(timeout + _GRACE_S)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise
+            # a signal is held while the future's Condition is waited on and raised once out
+            # of it (interrupts.deferred): raised inside, it broke the lock
+            with deferred():
+                while not pending():
+                    try:
+                        return future.result(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+                    except concurrent.futures.TimeoutError:
+                        if time.monotonic() >= deadline:
+                            raise
+            # only inside an outer deferred() block, which raises the signal when it ends
+            raise VmError("a QMP wait was cut short by a signal")
         except BaseException:
-            # KeyboardInterrupt in the caller, or the coroutine's own error: never leave
-            # the command pending in the loop.
+            # a timeout, KeyboardInterrupt in the caller, or the coroutine's own error: never
+            # leave the command pending in the loop.
             future.cancel()
             raise
 
