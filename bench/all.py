@@ -250,7 +250,14 @@ class State:
     left_tmp: list[str]
 
 
-def measure(quick: bool) -> State:
+def measure_scale(image: object, root: Path) -> tuple[str, object]:
+    """The scale section (:mod:`bench.bench_scale`): its text and raw figures."""
+    from bench import bench_scale
+    scale = bench_scale.run(image, root)
+    return bench_scale.markdown(scale), dataclasses.asdict(scale)
+
+
+def measure(quick: bool, scale: bool = True) -> State:
     rounds = {"boot": 2 if quick else 7, "acpi": 2 if quick else 9, "native": 1 if quick else 3,
               "batch": 1 if quick else 3, "plan": 30 if quick else 300, "cli": 3 if quick else 15,
               "proof": 2 if quick else 7, "run": 1 if quick else 3}
@@ -283,17 +290,10 @@ def measure(quick: bool) -> State:
         batches = bf.bench_batches(sizes, rounds["batch"], image, root)
         say("proof steps")
         proofs = proof_steps(rounds["proof"], image, root, host)
-        scale_text, scale_raw = "(skipped with --quick)", None
-        if not quick:
-            try:
-                from bench import bench_scale
-            except ImportError:
-                scale_text = "(bench/bench_scale.py is not there)"
-            else:
-                say("scale")
-                scale = bench_scale.run(image, root)
-                scale_raw = dataclasses.asdict(scale)
-                scale_text = bench_scale.markdown(scale)
+        scale_text, scale_raw = "(not measured in this run)", None
+        if scale and not quick:
+            say("scale")
+            scale_text, scale_raw = measure_scale(image, root)
         say("plan")
         points = plan_points(max(5, rounds["plan"] // 30))
         pod = bp.bench_pod(rounds["plan"], warmup=10)
@@ -432,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="write here instead of BENCHMARKS.md (default for --quick: /tmp)")
     parser.add_argument("--keep", type=Path, help="also pickle what was measured here")
     parser.add_argument("--render", type=Path, help="render a --keep pickle, measure nothing")
+    parser.add_argument("--no-scale", action="store_true", help="leave out the scale boot")
+    parser.add_argument("--scale-only", action="store_true",
+                        help="with --render: measure the scale section alone and add it")
     args = parser.parse_args(argv)
     out = args.out or (Path(tempfile.gettempdir()) / "BENCHMARKS.quick.md" if args.quick
                        else REPO / "BENCHMARKS.md")
@@ -439,8 +442,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     plots = (out.parent / "plots") if elsewhere else PLOTS
     if args.render:
         st = pickle.loads(args.render.read_bytes())  # our own --keep file
+        if args.scale_only:
+            with tempfile.TemporaryDirectory(prefix="podplug-bench-") as tmp:
+                text, raw_scale = measure_scale(build_image(), Path(tmp))
+            st = dataclasses.replace(st, scale_text=text, scale_raw=raw_scale)
     else:
-        st = measure(args.quick)
+        st = measure(args.quick, scale=not args.no_scale)
         if args.keep:  # the cycles' callables do not pickle; their samples do
             bare = {m: [dataclasses.replace(t, podplug_cycle=None, floor_cycle=None)
                         for t in ts] for m, ts in st.hotplug.items()}
