@@ -116,7 +116,7 @@ def plot_hotplug(groups: dict[str, list[bf.Target]], path: Path) -> None:
                 data.append([s * 1e3 for s in cyc.add])
                 labels.append(f"{mode}: {t.label} / {who}")
     fig, ax = plt.subplots(figsize=(10, 0.32 * len(labels) + 1.2))
-    ax.boxplot(data, vert=False, tick_labels=labels, showfliers=True)
+    ax.boxplot(data, orientation="horizontal", tick_labels=labels, showfliers=True)
     for i, samples in enumerate(data, start=1):
         ax.plot(samples, [i] * len(samples), "o", ms=3, alpha=0.5)
     ax.set_xlabel("device_add sent -> visible in the guest (ms)")
