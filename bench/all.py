@@ -384,7 +384,11 @@ of the `device_del` (retried every 0.1 s while native hot-plug's power indicator
 
 podplug: `carry_batch` (every `blockdev-add`/`device_add` in one QMP burst, placements read
 back level by level) then one `wait-blks` for all; unplug: `unplug_batch`. The floor sends
-the same commands in one burst and polls `/sys/block/vd*`.
+the same commands in one burst and polls `/sys/block/vd*`. Its probe is a shell loop
+every 10 ms on the guest's one vCPU, where the kernel enumerates the slots: from 8
+volumes up it slows the guest more than podplug's `wait-blks` (20 ms, one glob per
+disk), so there the floor is no lower bound. The guest's own cost, about 0.1 s a slot
+enumerated one after another under TCG, is what both pay.
 """)
     sec.append(f"""## 4. Proofs in the guest (the seed's volume, hot-plugged once)
 
