@@ -219,10 +219,6 @@ def proof_steps(rounds: int, image, root: Path, host: bf.Host) -> list[tuple[str
 
 # --- the file ----------------------------------------------------------------------------------
 
-def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    return bp.table(header, rows)
-
-
 @dataclasses.dataclass
 class State:
     """Everything one run measured (pickled with ``--keep`` to re-render with ``--render``)."""
@@ -350,7 +346,7 @@ do not edit above the by-hand marker. Raw samples: `bench/results.json`.
 
 ![boot breakdown]({rel}/boot.png)
 
-{md_table(("plan", "podplug s", "floor s", "podplug / floor"), pair_rows(st.boot.pairs))}
+{bp.table(("plan", "podplug s", "floor s", "podplug / floor"), pair_rows(st.boot.pairs))}
 
 - 8 two-function groups against none: podplug **{eight_p:.2f}x**, floor {eight_f:.2f}x.
 - podplug here is `Vm.launch` (QMP connected) and `AgentClient.wait_ready` (the agent's
@@ -368,7 +364,7 @@ do not edit above the by-hand marker. Raw samples: `bench/results.json`.
 
 ![hot-plug latency]({rel}/hotplug.png)
 
-{md_table(HOTPLUG_HEADER, rows)}
+{bp.table(HOTPLUG_HEADER, rows)}
 
 podplug's add is `carry_batch` of the device's steps (pipelined, placement read back over
 QOM) and the agent's probe (`wait-blks`, `wait-pcis`, `blk-of-scsi`); its del is `carry`
@@ -380,7 +376,7 @@ of the `device_del` (retried every 0.1 s while native hot-plug's power indicator
 
 ![batch time]({rel}/batches.png)
 
-{md_table(BATCH_HEADER, rows)}
+{bp.table(BATCH_HEADER, rows)}
 
 podplug: `carry_batch` (every `blockdev-add`/`device_add` in one QMP burst, placements read
 back level by level) then one `wait-blks` for all; unplug: `unplug_batch`. The floor sends
@@ -392,7 +388,7 @@ enumerated one after another under TCG, is what both pay.
 """)
     sec.append(f"""## 4. Proofs in the guest (the seed's volume, hot-plugged once)
 
-{md_table(("step", "seconds"), [(label, cells(s)) for label, s in st.proofs])}
+{bp.table(("step", "seconds"), [(label, cells(s)) for label, s in st.proofs])}
 """)
     sec.append(f"""## 5. Scale, booted
 

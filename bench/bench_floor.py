@@ -12,10 +12,9 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.bench_run import (
@@ -40,7 +39,6 @@ from podplug.guest.agent_client import AgentClient
 from podplug.image.build import GuestImage
 from podplug.inputs.load import Inputs
 from podplug.model.enums import Bucket, HotplugMode
-from podplug.model.host import BlockNode, HostInventory
 from podplug.plan.model import DevicePlan, Plan, QemuDevice
 from podplug.plan.plan import plan as make_plan
 from podplug.plan.sequence import (
@@ -57,7 +55,7 @@ from podplug.run.volumes import drive_for
 from podplug.vm.hotplug import carry, carry_batch, unplug_batch
 from podplug.vm.process import DEFAULT_QEMU, Vm
 from podplug.vm.qmp import QmpSession, deleted_event_matches
-from tests.support import block, config, inventory, request, vfio_group
+from tests.support import config, inventory, request, scratch_volumes, vfio_group
 
 #: modules the floor guest loads at boot for hot-plug work (its channel's come anyway)
 FLOOR_DEVICE_MODULES = ("virtio_blk", "scsi_common", "scsi_mod", "virtio_scsi",
@@ -316,22 +314,6 @@ def bench_scsi(cycles: int, image: GuestImage, host: Host, root: Path,
 
 # --- batches ----------------------------------------------------------------------------------
 
-def volumes_plan(root: Path, count: int, bridges: int = 3) -> tuple[Plan, list[Step]]:
-    """``count`` raw volumes on pci-bridge slots (ACPI), each a 1 MiB scratch file."""
-    nodes = {}
-    for i in range(count):
-        disk = root / f"vol{i}.img"
-        with open(disk, "wb") as handle:
-            handle.truncate(1 << 20)
-        nodes[(7, i)] = BlockNode(7, i, f"loop{i}", str(disk))
-    host = HostInventory({}, {}, nodes, {})
-    plan = make_plan(config(bridges=bridges), request(*(block(i) for i in range(count))), host)
-    files = {n.dev_path: str(n.loop_backing_file) for n in nodes.values()}
-    steps = plug_steps(hot_devices(plan), drive=lambda n: replace(
-        n, file_driver="file", filename=files[n.filename]))
-    return plan, list(steps)
-
-
 @dataclass
 class BatchResult:
     size: int
@@ -344,7 +326,7 @@ def bench_batches(sizes: Sequence[int], rounds: int, image: GuestImage,
     """Batches of ``sizes`` volumes: podplug's ``carry_batch`` + one ``wait-blks``, and its
     ``unplug_batch``; the floor sends the same commands pipelined and polls sysfs."""
     largest = max(sizes)
-    plan, all_steps = volumes_plan(root, largest)
+    plan, all_steps = scratch_volumes(root, largest, bridges=3)
     devices = hot_devices(plan)
     results = [BatchResult(n, Pair(f"{n} volumes: plug"), Pair(f"{n} volumes: unplug"))
                for n in sizes]
@@ -380,7 +362,3 @@ def bench_batches(sizes: Sequence[int], rounds: int, image: GuestImage,
                 r.unplug.floor.append(time.monotonic() - t0)
                 time.sleep(0.3)
     return results
-
-
-def one_temp_root() -> contextlib.AbstractContextManager[str]:
-    return tempfile.TemporaryDirectory(prefix="podplug-bench-")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from podplug.inputs.kata import RuntimeConfig, parse_kata_config
@@ -18,6 +19,9 @@ from podplug.model.host import (
 )
 from podplug.model.pci import CLASS_AUDIO, CLASS_DISPLAY_3D, CLASS_OTHER_BRIDGE, Bdf
 from podplug.model.request import ContainerDevice, ContainerRequest
+from podplug.plan.model import Plan
+from podplug.plan.plan import plan as make_plan
+from podplug.plan.sequence import Step, hot_devices, plug_steps
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -148,3 +152,20 @@ def podplug_temp_entries() -> set[str]:
 
     return {p.name for p in Path(tempfile.gettempdir()).iterdir()
             if p.name.startswith("podplug-")}
+
+
+def scratch_volumes(root: Path, count: int, *, bridges: int = 1) -> tuple[Plan, list[Step]]:
+    """A plan of ``count`` raw volumes on pci-bridge slots (ACPI) and its plug steps, each
+    volume's drive a 1 MiB sparse file in ``root`` (for real-VM batches)."""
+    nodes = {}
+    for i in range(count):
+        disk = root / f"vol{i}.img"
+        with open(disk, "wb") as handle:
+            handle.truncate(1 << 20)
+        nodes[(7, i)] = BlockNode(7, i, f"loop{i}", str(disk))
+    host = HostInventory({}, {}, nodes, {})
+    p = make_plan(config(bridges=bridges), request(*(block(i) for i in range(count))), host)
+    files = {n.dev_path: str(n.loop_backing_file) for n in nodes.values()}
+    steps = plug_steps(hot_devices(p), drive=lambda n: replace(
+        n, file_driver="file", filename=files[n.filename]))
+    return p, list(steps)

@@ -493,14 +493,20 @@ v_wait_pcis() {
 }
 
 # disks_below SYSFS_DIR: B = whole-disk block names whose sysfs path is below the directory
-disks_below() {
-    local _real _b _r
+# disks_direct SYSFS_DIR: B = the disks virtio-blk or nvme put below the device, found
+# without a fork
+disks_direct() {
+    local _b
     B=
-    # where virtio-blk and nvme put their disks: found without a fork (most proofs)
     for _b in "$1"/virtio*/block/* "$1"/nvme/nvme*/nvme*n*; do
         [ -e "$_b/dev" ] && B="$B ${_b##*/}"
     done
     B=${B# }
+}
+
+disks_below() {
+    local _real _b _r
+    disks_direct "$1"
     [ -n "$B" ] && return 0
     _real=$(readlink -f "$1")
     for _b in /sys/class/block/*; do
@@ -520,10 +526,10 @@ v_blk_of_pci() {
     ok "$B"
 }
 
-# wait-blks MS PATH...: the virtio-blk disk below each PATH, all waited for at once (one
+# wait-blks MS PATH...: the disk below each PATH, all waited for at once (one
 # pass over the pending paths every 20 ms, each disk found by its own sysfs directory)
 v_wait_blks() {
-    local _ms _todo _left _p _b _s _n _deadline _rescanned
+    local _ms _todo _left _p _n _deadline _rescanned
     [ $# -ge 2 ] || usage "wait-blks TIMEOUT_MS PATH..."
     _ms=$1; shift; check_timeout "$_ms"
     _todo=
@@ -535,9 +541,8 @@ v_wait_blks() {
         _left=
         for _p in $_todo; do
             if resolve_path "$_p"; then
-                _b=
-                for _s in "$D"/virtio*/block/*; do [ -e "$_s" ] && _b=${_s##*/}; done
-                if [ -n "$_b" ]; then data "$_p $_b"; continue; fi
+                disks_direct "$D"
+                if [ -n "$B" ]; then data "$_p $B"; continue; fi
             elif [ "$E" = notbridge ]; then
                 fail not-found "$_p: $W"
             fi

@@ -89,13 +89,13 @@ def carry_batch(vm: Vm, steps: Sequence[Step]) -> list[StepResult]:
     placement is read back at once (:func:`read_placements`). The guest sees the devices
     of one burst together (one ACPI scan, one PCI rescan). A step's ``seconds`` is from the
     previous reply to its own. QEMU answers every command, so exactly the steps that
-    succeeded are known and undone, those after a refused one included. Batches with a
-    ``device_del`` wait for each one's event (:func:`carry`), one after the other.
+    succeeded are known and undone, those after a refused one included. Unplug steps go to
+    :func:`unplug_batch`.
 
     :raises BatchFailed: naming the failed step and its cause, after the rollback.
     """
     if any(step.kind is StepKind.DEVICE_DEL for step in steps):
-        return _carry_one_by_one(vm, steps)
+        raise ValueError("carry_batch plugs; unplug steps go to unplug_batch")
     try:
         answers = vm.execute_many([(step.kind.value, step.arguments) for step in steps])
     except PodplugError as exc:  # no reply at all (QEMU gone, timeout): unknown what went in
@@ -131,24 +131,6 @@ def _failed(vm: Vm, step: Step, cause: PodplugError, done: Sequence[Step]) -> Ba
     problems = rollback(vm, done)
     return BatchFailed(cause, command=step.kind.value, subject=step.subject,
                        container_path=step.container_path, rollback_errors=problems)
-
-
-def _carry_one_by_one(vm: Vm, steps: Sequence[Step]) -> list[StepResult]:
-    done: list[Step] = []
-    results: list[StepResult] = []
-    for step in steps:
-        try:
-            result = carry(vm, step)
-        except PodplugError as exc:
-            if isinstance(exc, PlacementMismatch):
-                done.append(step)  # it was added: it must come out again
-            problems = rollback(vm, done)
-            raise BatchFailed(exc, command=step.kind.value, subject=step.subject,
-                              container_path=step.container_path,
-                              rollback_errors=problems) from exc
-        done.append(step)
-        results.append(result)
-    return results
 
 
 def unplug_batch(vm: Vm, steps: Sequence[Step], *,

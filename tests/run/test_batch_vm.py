@@ -17,33 +17,16 @@ import pytest
 from podplug.guest.agent_client import AgentClient
 from podplug.guest.protocol import parse_lspci
 from podplug.image.build import build_image
-from podplug.model.host import BlockNode, HostInventory
 from podplug.plan.model import Plan
-from podplug.plan.plan import plan
-from podplug.plan.sequence import Step, StepKind, hot_devices, plug_steps, unplug_steps
+from podplug.plan.sequence import StepKind, hot_devices, unplug_steps
 from podplug.run.session import guest_argv
 from podplug.vm.hotplug import BatchFailed, carry_batch, unplug_batch
 from podplug.vm.process import Accel, Vm
-from tests.support import block, config, request
+from tests.support import scratch_volumes
 
 pytestmark = pytest.mark.vm
 
 COUNT = 8
-
-
-def _volumes(tmp: Path, count: int) -> tuple[Plan, list[Step]]:
-    nodes = {}
-    for i in range(count):
-        disk = tmp / f"disk{i}.img"
-        with open(disk, "wb") as handle:
-            handle.truncate(1 << 20)
-        nodes[(7, i)] = BlockNode(7, i, f"loop{i}", str(disk))
-    host = HostInventory({}, {}, nodes, {})
-    p = plan(config(bridges=1), request(*(block(i) for i in range(count))), host)
-    files = {n.dev_path: n.loop_backing_file for n in nodes.values()}
-    steps = plug_steps(hot_devices(p), drive=lambda n: replace(
-        n, file_driver="file", filename=str(files[n.filename])))
-    return p, list(steps)
 
 
 @contextmanager
@@ -66,7 +49,7 @@ def _held(vm: Vm) -> tuple[set[str], set[str]]:
 
 
 def test_a_batch_is_plugged_at_once_and_every_volume_is_seen(tmp_path: Path) -> None:
-    p, steps = _volumes(tmp_path, COUNT)
+    p, steps = scratch_volumes(tmp_path, COUNT)
     hot = hot_devices(p)
     with tempfile.TemporaryDirectory(prefix="podplug-t-") as tmp, _vm(p, tmp) as (vm, agent):
         before = _held(vm)
@@ -90,7 +73,7 @@ def test_a_batch_is_plugged_at_once_and_every_volume_is_seen(tmp_path: Path) -> 
 
 
 def test_a_refusal_mid_burst_undoes_everything_that_went_in(tmp_path: Path) -> None:
-    p, steps = _volumes(tmp_path, 4)
+    p, steps = scratch_volumes(tmp_path, 4)
     at = next(i for i, s in enumerate(steps)
               if s.kind is StepKind.BLOCKDEV_ADD and s.subject == "drive-blk2")
     steps[at] = replace(steps[at], arguments={**steps[at].arguments, "driver": "no-such"})
