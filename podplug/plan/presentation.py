@@ -16,6 +16,10 @@ hot-plugged onto a root port with the bit on function 0 alone lands in TWO guest
 groups (Linux groups a hot-added function with its siblings only when its own header says
 multifunction), with the bit on both in one group; real multi-function devices set it in
 every function's header too.
+A property's value has its QEMU type (``bool``, ``int``, ``str``): the command line spells a
+bool ``on``/``off`` (:mod:`podplug.render.argv`), QMP ``true``/``false``. QEMU 7.2's
+``device_add`` also took ``"on"`` for a bool, QEMU 10.0's refuses it ("Invalid parameter
+type for 'multifunction', expected: boolean"); the typed value is right for both.
 ``virtio-blk-pci`` and ``scsi-hd`` (``drive``, ``bus`` ``scsi0.0``, ``scsi-id``, ``lun``).
 ``addr`` is always explicit: on a PCIe port it must be slot 0 or QEMU silently puts the
 device where the guest cannot see it (research ``qemu-recipe.md`` pitfall 2).
@@ -56,7 +60,7 @@ def vfio_functions(
             ("addr", f"{target.addr:02x}.{guest_function}"),
         ]
         if unit.multifunction:
-            props.append(("multifunction", "on"))
+            props.append(("multifunction", True))
         if source.kind is VfioKind.IOMMUFD and iommufd_object is not None:
             props.append(("iommufd", iommufd_object))
         planned.append(PlannedFunction(function.bdf, guest_function,
@@ -115,7 +119,7 @@ def controller_device(controller: Controller) -> QemuDevice:
         ("id", controller.id), ("bus", controller.bus), ("addr", f"{controller.addr:02x}.0"),
     ]
     if controller.role is Role.PCI_BRIDGE:
-        props += [("chassis_nr", controller.chassis or 0), ("shpc", "off")]
+        props += [("chassis_nr", controller.chassis or 0), ("shpc", False)]
     elif controller.chassis is not None:
         props += [("chassis", controller.chassis), ("slot", controller.slot or 0)]
     props += list(controller.reserves)
