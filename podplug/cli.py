@@ -226,7 +226,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"podplug: error: --boot: {exc}", file=sys.stderr)
             return 2
-        boots = boot(results, indices, None, lambda t: print(t, file=sys.stderr, flush=True))
+        boots = boot(results, indices, None, lambda t: print(t, file=sys.stderr, flush=True),
+                     qemu=args.qemu)
     if args.format == "json":
         print(json.dumps(render_json(results, lost, era_name, boots), indent=2))
     elif args.format == "markdown":
@@ -429,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--format", choices=("table", "json", "markdown"), default="table")
     m.add_argument("--compare", metavar="ERA", help="kata-3.14-3.16 (kata-3.16), "
                    "kata-3.17-3.31, kata-3.32-4.0, kata-head")
+    m.add_argument("--qemu", metavar="BINARY", help="with --boot: " + QEMU_HELP)
     m.set_defaults(func=cmd_matrix)
 
     d = sub.add_parser("doctor", help="check a real deployment: configuration, Kata version, "

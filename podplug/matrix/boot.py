@@ -65,8 +65,9 @@ def choose(results: Sequence[Result], sample: str) -> list[int]:
     return picked
 
 
-def boot_one(c: Combination, cache_dir: Path | None) -> str:
-    """Run one combination; 'booted, guest saw N of N, T s' or the failure."""
+def boot_one(c: Combination, cache_dir: Path | None, qemu: str | None = None) -> str:
+    """Run one combination (under ``qemu``, ``--qemu``, else the configuration's binary);
+    'booted, guest saw N of N, T s' or the failure."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="podplug-matrix-") as tmp:
         host = matrix_host()
@@ -79,7 +80,7 @@ def boot_one(c: Combination, cache_dir: Path | None) -> str:
         host = replace(host, block_nodes=blocks, sysfs_root="(matrix stand-in host)")
         try:
             report = run(Inputs(config_for(c), request_for(c), host),
-                         RunOptions(accel=Accel.TCG, cache_dir=cache_dir))
+                         RunOptions(accel=Accel.TCG, cache_dir=cache_dir, qemu=qemu))
         except PodplugError as exc:
             return f"FAILED to boot: {exc}"
     usable = sum(r.usable for r in report.rows)
@@ -88,10 +89,10 @@ def boot_one(c: Combination, cache_dir: Path | None) -> str:
 
 
 def boot(results: Sequence[Result], indices: Sequence[int], cache_dir: Path | None,
-         progress: Callable[[str], None]) -> dict[int, str]:
+         progress: Callable[[str], None], qemu: str | None = None) -> dict[int, str]:
     out = {}
     for n, index in enumerate(indices, 1):
-        out[index] = boot_one(results[index].combination, cache_dir)
+        out[index] = boot_one(results[index].combination, cache_dir, qemu)
         progress(f"[{n}/{len(indices)}] #{index} {results[index].combination.label}: "
                  f"{out[index]}")
     return out
