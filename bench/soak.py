@@ -40,7 +40,7 @@ from podplug.run.session import guest_argv
 from podplug.run.verify import GuestProver
 from podplug.run.volumes import drive_for
 from podplug.vm.hotplug import carry, carry_batch
-from podplug.vm.process import Accel, Vm
+from podplug.vm.process import DEFAULT_QEMU, Accel, Vm
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = ('[hypervisor.qemu]\nmachine_type = "q35"\nhot_plug_vfio = "root-port"\n'
@@ -71,7 +71,8 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def soak(cycles: int, every: int = 10, progress: bool = False) -> SoakResult:
+def soak(cycles: int, every: int = 10, progress: bool = False,
+         qemu: str = DEFAULT_QEMU) -> SoakResult:
     with tempfile.TemporaryDirectory(prefix="podplug-soak-") as tmp:
         work = Path(tmp)
         disk = work / "xda.img"
@@ -88,7 +89,7 @@ def soak(cycles: int, every: int = 10, progress: bool = False) -> SoakResult:
         argv = guest_argv(p, build_image(), sock, device=mapping, memory_mib=512,
                           accel=Accel.TCG)
         result = SoakResult(cycles, 0.0)
-        with Vm(argv, accel=Accel.TCG, tmp_parent=tmp) as vm, \
+        with Vm(argv, accel=Accel.TCG, qemu_binary=qemu, tmp_parent=tmp) as vm, \
                 AgentClient.connect(sock) as agent:
             agent.wait_ready(120.0)
             prover = GuestProver(agent, p, host, "/run/podplug/ctr", emulated=True)

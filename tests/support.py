@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from podplug.model.request import ContainerDevice, ContainerRequest
 from podplug.plan.model import Plan
 from podplug.plan.plan import plan as make_plan
 from podplug.plan.sequence import Step, hot_devices, plug_steps
+from podplug.vm.process import DEFAULT_QEMU
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -29,6 +31,15 @@ KATA_FIXTURES = FIXTURES / "kata"
 #: Kata's configuration files at main, by runtime (``go``, ``rs``) and upstream name; the
 #: files of every release are listed in ``tests/fixtures/kata/manifest.json``
 KATA_MAIN = KATA_FIXTURES / "main"
+
+#: The QEMU binary every real-VM test runs, read once: ``$PODPLUG_TEST_QEMU`` (an absolute
+#: path; ``scripts/test.sh`` sets it to Debian 13's QEMU 10, ``python3 -m tests.debian13
+#: qemu10``, for its second pass) or podplug's default, Debian 12's ``/usr/bin`` one. Tests
+#: pass it explicitly (``Vm(qemu_binary=)``, ``RunOptions(qemu=)``, ``--qemu``, a
+#: configuration's ``path``), as a user would: podplug never takes a binary from $PATH.
+QEMU = os.environ.get("PODPLUG_TEST_QEMU") or DEFAULT_QEMU
+if not os.path.isabs(QEMU):
+    raise RuntimeError(f"PODPLUG_TEST_QEMU must be an absolute path, not {QEMU!r}")
 
 VFIO_GROUP_MAJOR = 236
 VFIO_CDEV_MAJOR = 237

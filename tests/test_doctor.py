@@ -12,7 +12,7 @@ from podplug.doctor import Severity, diagnose, worst
 from podplug.host.fakesysfs import FakeFunction, FakeHost, demo_host, write_fake_sysfs
 from podplug.host.sysfs import scan_host
 from podplug.matrix.kata_models import KataEra
-from tests.support import REPO, block, config, inventory, request, vfio_group
+from tests.support import QEMU, REPO, block, config, inventory, request, vfio_group
 
 DEMO = REPO / "podplug" / "demo"
 
@@ -162,9 +162,14 @@ def test_doctor_names_a_qemu_that_cannot_run_the_plan() -> None:
 
 @pytest.mark.vm
 def test_doctor_reports_the_configured_qemu(capsys: pytest.CaptureFixture[str],
-                                            host: Path) -> None:
-    code, out = doctor(capsys, "--sysfs", str(host))
-    assert code == 0 and "qemu         /usr/bin/qemu-system-x86_64: QEMU " in out
+                                            host: Path, tmp_path: Path) -> None:
+    demo = (DEMO / "configuration.toml").read_text()
+    assert 'path = "/usr/bin/qemu-system-x86_64"' in demo
+    cfg = tmp_path / "configuration.toml"
+    cfg.write_text(demo.replace('path = "/usr/bin/qemu-system-x86_64"', f'path = "{QEMU}"'))
+    code = main(["doctor", "--config", str(cfg), "--sysfs", str(host)])
+    out = capsys.readouterr().out
+    assert code == 0 and f"qemu         {QEMU}: QEMU " in out
 
 
 def test_doctor_says_one_true_thing_per_runtime_and_hypervisor(

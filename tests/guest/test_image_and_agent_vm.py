@@ -32,7 +32,8 @@ from podplug.errors import AgentError, HotplugTimeout
 from podplug.guest.agent_client import AgentClient
 from podplug.guest.protocol import AGENT_PORT_NAME, UNKNOWN_ID, parse_devnum, parse_lspci
 from podplug.image.build import GuestImage, build_image
-from podplug.vm.process import DEFAULT_QEMU, SANDBOX, SETPRIV
+from podplug.vm.process import SANDBOX, SETPRIV
+from tests.support import QEMU
 
 vm = pytest.mark.vm
 
@@ -84,7 +85,7 @@ def qemu_argv(image: GuestImage, d: Path) -> list[str]:
     """The VM of this module's docstring, under QEMU's sandbox, started through ``setpriv
     --pdeathsig`` as :class:`podplug.vm.process.Vm` starts it (no ``preexec_fn``)."""
     return [
-        SETPRIV, "--pdeathsig", "KILL", DEFAULT_QEMU, *SANDBOX,
+        SETPRIV, "--pdeathsig", "KILL", QEMU, *SANDBOX,
         "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "1",
         "-m", "512", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-device", "intel-iommu,intremap=on,caching-mode=on",
@@ -114,8 +115,8 @@ def qemu_argv(image: GuestImage, d: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def guest(image: GuestImage) -> Iterator[Guest]:
     """One booted VM with a ready agent; QEMU is killed and its directory removed after."""
-    if not os.access(DEFAULT_QEMU, os.X_OK):
-        pytest.fail(f"{DEFAULT_QEMU} not found (apt-get install qemu-system-x86)")
+    if not os.access(QEMU, os.X_OK):
+        pytest.fail(f"{QEMU} not found (apt-get install qemu-system-x86)")
     d = Path(tempfile.mkdtemp(prefix="podplug-guest-"))
     proc: subprocess.Popen[bytes] | None = None
     agent: AgentClient | None = None

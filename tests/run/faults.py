@@ -32,7 +32,7 @@ from podplug.plan.standin import stand_ins
 from podplug.run.report import RunReport
 from podplug.run.session import RunOptions, run
 from podplug.vm.process import Accel, Vm
-from tests.support import REPO, live_qemu, podplug_temp_entries
+from tests.support import QEMU, REPO, live_qemu, podplug_temp_entries
 
 SPEC = REPO / "podplug" / "demo" / "spec.json"
 COLD = "cold"  # the GPU cold-plugged on a root port, the volume hot-plugged
@@ -42,7 +42,8 @@ HOT = "hot"  # both hot-plugged: the GPU a two-function slot (function 1, then 0
 def write_config(tmp: Path, kind: str) -> Path:
     cold, hot = ("root-port", "no-port") if kind == COLD else ("no-port", "root-port")
     path = tmp / "configuration.toml"
-    path.write_text(f'[hypervisor.qemu]\nmachine_type = "q35"\ncold_plug_vfio = "{cold}"\n'
+    path.write_text(f'[hypervisor.qemu]\npath = "{QEMU}"\nmachine_type = "q35"\n'
+                    f'cold_plug_vfio = "{cold}"\n'
                     f'hot_plug_vfio = "{hot}"\npcie_root_port = 2\ndefault_bridges = 1\n'
                     'block_device_driver = "virtio-blk"\n[runtime]\nvfio_mode = "vfio"\n')
     return path

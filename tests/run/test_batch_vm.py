@@ -22,7 +22,7 @@ from podplug.plan.sequence import StepKind, hot_devices, unplug_steps
 from podplug.run.session import guest_argv
 from podplug.vm.hotplug import BatchFailed, carry_batch, unplug_batch
 from podplug.vm.process import Accel, Vm
-from tests.support import scratch_volumes
+from tests.support import QEMU, scratch_volumes
 
 pytestmark = pytest.mark.vm
 
@@ -33,7 +33,8 @@ COUNT = 8
 def _vm(p: Plan, tmp: str) -> Iterator[tuple[Vm, AgentClient]]:
     sock = Path(tmp) / "agent.sock"
     argv = guest_argv(p, build_image(), sock, device=None, memory_mib=512, accel=Accel.TCG)
-    with Vm(argv, accel=Accel.TCG, tmp_parent=tmp) as vm, AgentClient.connect(sock) as agent:
+    with Vm(argv, accel=Accel.TCG, qemu_binary=QEMU, tmp_parent=tmp) as vm, \
+            AgentClient.connect(sock) as agent:
         agent.wait_ready(60.0)
         yield vm, agent
 

@@ -17,11 +17,12 @@ from podplug.host.fakesysfs import demo_host, write_fake_sysfs
 from podplug.inputs.load import load_inputs
 from podplug.run.session import RunOptions, run
 from podplug.vm.process import Accel
-from tests.support import REPO, live_qemu
+from tests.support import QEMU, REPO, live_qemu
 
 pytestmark = pytest.mark.vm
 
-CONFIG = ('[hypervisor.qemu]\nmachine_type = "q35"\ncold_plug_vfio = "root-port"\n'
+CONFIG = (f'[hypervisor.qemu]\npath = "{QEMU}"\nmachine_type = "q35"\n'
+          'cold_plug_vfio = "root-port"\n'
           'pcie_root_port = 1\ndefault_bridges = 1\n[runtime]\nvfio_mode = "vfio"\n')
 
 

@@ -28,7 +28,7 @@ from podplug.run.verify import GuestProver
 from podplug.run.volumes import drive_for
 from podplug.vm.hotplug import carry, carry_batch
 from podplug.vm.process import Accel, Vm
-from tests.support import block, config, inventory, request
+from tests.support import QEMU, block, config, inventory, request
 
 pytestmark = pytest.mark.vm
 
@@ -95,7 +95,7 @@ def test_bytes_round_trip_through_a_hot_plugged_volume(tmp_path: Path, case: str
     with tempfile.TemporaryDirectory(prefix="podplug-t-") as tmp:
         sock = Path(tmp) / "agent.sock"
         argv = guest_argv(p, build_image(), sock, device=None, memory_mib=512, accel=Accel.TCG)
-        with Vm(argv, accel=Accel.TCG, tmp_parent=tmp) as vm, \
+        with Vm(argv, accel=Accel.TCG, qemu_binary=QEMU, tmp_parent=tmp) as vm, \
                 AgentClient.connect(sock) as agent:
             agent.wait_ready(60.0)
             prover = GuestProver(agent, p, host, "/run/podplug/ctr", emulated=True)

@@ -23,7 +23,7 @@ from podplug.run.expect import expectations, vfio_problems
 from podplug.run.session import guest_argv
 from podplug.run.verify import GuestProver
 from podplug.vm.process import Accel, Vm
-from tests.support import block, config, inventory, request, vfio_group
+from tests.support import QEMU, block, config, inventory, request, vfio_group
 
 pytestmark = pytest.mark.vm
 
@@ -42,7 +42,8 @@ def test_entries_resolve_by_the_agents_rules(tmp_path: Path) -> None:
         sock = Path(tmp) / "agent.sock"
         argv = guest_argv(p, build_image(), sock, device=stand_ins(host.functions), memory_mib=512,
                           accel=Accel.TCG)
-        with Vm(argv, accel=Accel.TCG, tmp_parent=tmp), AgentClient.connect(sock) as agent:
+        with Vm(argv, accel=Accel.TCG, qemu_binary=QEMU, tmp_parent=tmp), \
+                AgentClient.connect(sock) as agent:
             agent.wait_ready(60.0)
             prover = GuestProver(agent, p, host, "/run/podplug/ctr", emulated=True)
             stale = prover.resolve(old, 0o660)

@@ -10,15 +10,15 @@ import time
 
 import pytest
 
-from tests.support import live_qemu, podplug_temp_entries
+from tests.support import QEMU, live_qemu, podplug_temp_entries
 
 pytestmark = pytest.mark.vm
 
 
 def _run_until(marker: str, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
     proc = subprocess.Popen([sys.executable, "-m", "podplug.cli", "run", "--accel", "tcg",
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                             "--qemu", QEMU, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     seen = []
     deadline = time.monotonic() + 120

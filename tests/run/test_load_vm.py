@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from bench.soak import soak
-from tests.support import live_qemu, podplug_temp_entries
+from tests.support import QEMU, live_qemu, podplug_temp_entries
 
 pytestmark = pytest.mark.vm
 
@@ -20,7 +20,8 @@ RUNS = 4
 
 def test_four_runs_at_once_share_nothing_and_all_pass() -> None:
     before_dirs, before_qemu = podplug_temp_entries(), live_qemu()
-    procs = [subprocess.Popen([sys.executable, "-m", "podplug.cli", "run", "--accel", "tcg"],
+    procs = [subprocess.Popen([sys.executable, "-m", "podplug.cli", "run", "--accel", "tcg",
+                               "--qemu", QEMU],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(RUNS)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
@@ -34,7 +35,7 @@ def test_four_runs_at_once_share_nothing_and_all_pass() -> None:
 
 
 def test_a_short_soak_grows_nothing() -> None:
-    result = soak(cycles=12, every=4)
+    result = soak(cycles=12, every=4, qemu=QEMU)
     growth = result.growth()
     for counted in ("podplug fds", "qemu fds", "block nodes", "objects", "guest pci"):
         assert growth[counted] == 0, (counted, result.samples)

@@ -21,7 +21,7 @@ from podplug.run.session import guest_argv
 from podplug.run.volumes import drive_for
 from podplug.vm.hotplug import BatchFailed, carry_batch
 from podplug.vm.process import Accel, Vm
-from tests.support import block, config, inventory, request, vfio_group
+from tests.support import QEMU, block, config, inventory, request, vfio_group
 
 pytestmark = pytest.mark.vm
 
@@ -43,7 +43,8 @@ def test_failed_batch_leaves_nothing_plugged(tmp_path: Path) -> None:
         sock = Path(tmp) / "agent.sock"
         argv = guest_argv(p, build_image(), sock, device=stand_ins(host.functions),
                           memory_mib=512, accel=Accel.TCG)
-        with Vm(argv, accel=Accel.TCG, tmp_parent=tmp) as vm, AgentClient.connect(sock) as agent:
+        with Vm(argv, accel=Accel.TCG, qemu_binary=QEMU, tmp_parent=tmp) as vm, \
+                AgentClient.connect(sock) as agent:
             agent.wait_ready(60.0)
             with pytest.raises(BatchFailed) as err:
                 carry_batch(vm, steps)

@@ -19,7 +19,7 @@ from podplug.run.report import RunReport
 from podplug.run.session import RunOptions, run
 from podplug.run.volumes import VolumePolicy
 from podplug.vm.process import Accel
-from tests.support import REPO, live_qemu, podplug_temp_entries
+from tests.support import QEMU, REPO, live_qemu, podplug_temp_entries
 
 pytestmark = pytest.mark.vm
 
@@ -45,7 +45,8 @@ def _run(tmp_path: Path, mode: str, cold: str = "no-port", hot: str = "no-port",
     inputs = load_inputs(_config(tmp_path, mode, cold, hot, driver), SPEC, cdi_dirs=(),
                          sysfs_root=sysfs)
     policy = VolumePolicy(destructive=frozenset({"/dev/xda"}) if destructive else frozenset())
-    return run(inputs, RunOptions(accel=Accel.TCG, hotplug=hotplug, volumes=policy))
+    return run(inputs, RunOptions(accel=Accel.TCG, hotplug=hotplug, volumes=policy,
+                                    qemu=QEMU))
 
 
 def _assert_all_proven(report: RunReport, mode: str) -> None:
@@ -119,7 +120,7 @@ def test_rejected_device_makes_run_exit_7(tmp_path: Path,
     sysfs = write_fake_sysfs(tmp_path / "sys", demo_host(str(disk)))
     config = _config(tmp_path, "vfio", "no-port", "no-port", "virtio-blk")  # no VFIO port
     code = main(["run", "--config", str(config), "--spec", str(SPEC), "--sysfs", str(sysfs),
-                 "--accel", "tcg"])
+                 "--accel", "tcg", "--qemu", QEMU])
     out = capsys.readouterr().out
     assert code == EXIT_UNUSABLE
     assert "FAIL /dev/vfio/12: rejected: a VFIO device needs a PCIe port" in out
@@ -128,7 +129,7 @@ def test_rejected_device_makes_run_exit_7(tmp_path: Path,
 
 def test_demo_runs_and_leaves_nothing_behind(capsys: pytest.CaptureFixture[str]) -> None:
     before = podplug_temp_entries()
-    assert main(["run", "--accel", "tcg"]) == 0
+    assert main(["run", "--accel", "tcg", "--qemu", QEMU]) == 0
     out = capsys.readouterr().out
     assert "3 of 3 requested devices usable in the guest" in out
     assert "VFIO EMULATED" in out
@@ -141,7 +142,7 @@ def test_real_vfio_without_host_devices_fails_cleanly(
     """``--no-emulate-vfio`` on a host without the devices (these machines: no IOMMU): QEMU
     refuses the real ``vfio-pci`` device; podplug exits 6 naming it and leaves nothing."""
     before = podplug_temp_entries()
-    assert main(["run", "--no-emulate-vfio", "--accel", "tcg"]) == 6
+    assert main(["run", "--no-emulate-vfio", "--accel", "tcg", "--qemu", QEMU]) == 6
     captured = capsys.readouterr()
     assert "VFIO: real host devices passed with vfio-pci" in captured.out
     assert "vfio-pci,id=vfio-0000-41-00-0,host=0000:41:00.0" in captured.err

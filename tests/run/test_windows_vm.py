@@ -29,7 +29,7 @@ from podplug.run.session import guest_argv, release_window_keepers
 from podplug.run.verify import GuestProver
 from podplug.vm.hotplug import carry_batch
 from podplug.vm.process import Accel, Vm
-from tests.support import PREF64, config, inventory, request, vfio_group
+from tests.support import PREF64, QEMU, config, inventory, request, vfio_group
 
 pytestmark = pytest.mark.vm
 
@@ -50,7 +50,8 @@ def _booted(p: Plan, host: HostInventory) -> Iterator[tuple[Vm, AgentClient]]:
         sock = Path(tmp) / "agent.sock"
         argv = guest_argv(p, build_image(), sock, device=stand_ins(host.functions),
                           memory_mib=512, accel=Accel.TCG)
-        with Vm(argv, accel=Accel.TCG, tmp_parent=tmp) as vm, AgentClient.connect(sock) as agent:
+        with Vm(argv, accel=Accel.TCG, qemu_binary=QEMU, tmp_parent=tmp) as vm, \
+                AgentClient.connect(sock) as agent:
             agent.wait_ready(60.0)
             # the keepers leave, their windows stay; then nvme loads (it never binds a keeper)
             release_window_keepers(vm, agent, p, stand_ins(host.functions))

@@ -17,9 +17,10 @@ from podplug.plan.plan import plan
 from podplug.plan.standin import stand_ins
 from podplug.vm.probe import KATA_DEFAULT_QEMU, probe_qemu, require, resolve_qemu
 from podplug.vm.process import SANDBOX
+from tests.support import QEMU as TEST_QEMU
 from tests.support import block, config, inventory, iommufd_dev, request, vfio_group
 
-QEMU = Path(KATA_DEFAULT_QEMU)
+QEMU = Path(TEST_QEMU)  # the binary the real-VM tests run
 SECTION = "hypervisor.qemu"
 
 
@@ -29,7 +30,7 @@ def test_the_binary_comes_from_the_configuration_or_qemu_flag(tmp_path: Path) ->
     fake.chmod(0o755)
     assert resolve_qemu(str(fake), None, SECTION) == fake
     assert resolve_qemu("/nonexistent/qemu", str(fake), SECTION) == fake  # --qemu wins
-    assert resolve_qemu("", None, SECTION) == QEMU  # Kata's default, never $PATH
+    assert resolve_qemu("", None, SECTION) == Path(KATA_DEFAULT_QEMU)  # never $PATH
 
 
 @pytest.mark.parametrize(("make", "problem"), [
