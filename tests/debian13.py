@@ -96,7 +96,7 @@ def mirror(sources: Sequence[Path] = (Path("/etc/apt/sources.list"),
             continue
         if file.suffix == ".sources":
             uris = (u for stanza in re.split(r"\n\s*\n", text)
-                    if re.search(r"^Types:.*\bdeb\b", stanza, re.M)
+                    if re.search(r"^Types:[^\n]*(?<![\w-])deb(?![\w-])", stanza, re.M)
                     for m in re.finditer(r"^URIs:\s*(.+)$", stanza, re.M)
                     for u in m.group(1).split())
         else:
