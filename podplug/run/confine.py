@@ -9,7 +9,7 @@ The rule, decided here alone (pure; the shell supplies the facts):
 * podplug root otherwise: QEMU runs as the unprivileged ``nobody`` with no supplementary
   group but the one owning ``/dev/kvm`` when KVM is the accelerator. What it must open is
   handed to it open instead (:mod:`podplug.run.session`): the guest kernel and initramfs as
-  ``/dev/fd/N``, each volume as an fd set (``add-fd``, ``/dev/fdset/N``), and a private
+  ``/proc/self/fd/N``, each volume as an fd set (``add-fd``, ``/dev/fdset/N``), and a private
   runtime directory (0700) it owns. It can reach nothing else podplug can.
 
 Whatever the user, QEMU runs under ``-sandbox on,obsolete=deny,elevateprivileges=deny,

@@ -2,10 +2,12 @@
 unprivileged user (:mod:`podplug.run.confine`) reaches exactly the files of its plan.
 
 * The guest kernel and initramfs: opened read-only here, inherited by QEMU
-  (``subprocess`` ``pass_fds``) and named ``/dev/fd/N`` on its command line (QEMU opens
-  ``-kernel`` and ``-initrd`` by name only). Linux opens ``/dev/fd/N`` again through the
+  (``subprocess`` ``pass_fds``) and named ``/proc/self/fd/N`` on its command line (QEMU
+  opens ``-kernel`` and ``-initrd`` by name only). Linux opens that link again through the
   descriptor's file: the path (root's 0700 home holding the image cache) is spared, the
-  file's own mode is not; podplug's image files are 0644.
+  file's own mode is not; podplug's image files are 0644. Not ``/dev/fd/N``: that link is
+  made by udev or systemd, not the kernel, and a chroot or a container's ``/dev`` may lack
+  it (the nested check's L1 did: "could not open kernel file '/dev/fd/3'").
 * Each volume: opened here with the access its proof needs (``O_RDONLY`` for the read-only
   proof, ``O_RDWR`` otherwise), checked to be the very file whose facts were read before
   the run (device and inode), and sent with QMP ``add-fd`` (``SCM_RIGHTS``) into an fd set;
@@ -46,7 +48,7 @@ def boot_files(kernel: str, initrd: str) -> Iterator[BootFiles]:
     try:
         for path in (kernel, initrd):
             fds.append(_open(path, os.O_RDONLY, None))
-        yield BootFiles(f"/dev/fd/{fds[0]}", f"/dev/fd/{fds[1]}", tuple(fds))
+        yield BootFiles(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}", tuple(fds))
     finally:
         for fd in fds:
             os.close(fd)

@@ -29,7 +29,7 @@ signal was never delivered, by setpriv or by ``prctl`` in a ``preexec_fn``: ther
 cleanup paths stop QEMU. QEMU also gets its own session, so a terminal Ctrl-C reaches Python
 (and the ``with`` block's cleanup), not QEMU directly. Files QEMU must read at start that its
 user cannot reach (the guest kernel in root's cache) are passed open: ``pass_fds`` and a
-``/dev/fd/N`` argument.
+``/proc/self/fd/N`` argument.
 
 Shutdown is QMP ``quit``, then SIGTERM, then SIGKILL. ``quit`` rather than
 ``system_powerdown``: powerdown asks the guest via ACPI and completes only if a guest OS

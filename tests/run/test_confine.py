@@ -47,7 +47,7 @@ def test_boot_files_are_open_read_only_and_closed_after(tmp_path: Path) -> None:
     kernel.write_bytes(b"k")
     initrd.write_bytes(b"i")
     with boot_files(str(kernel), str(initrd)) as boot:
-        assert boot.kernel == f"/dev/fd/{boot.fds[0]}"
+        assert boot.kernel == f"/proc/self/fd/{boot.fds[0]}"
         assert os.read(boot.fds[1], 1) == b"i"
     with pytest.raises(OSError):
         os.fstat(boot.fds[0])

@@ -86,8 +86,8 @@ def test_qemu_runs_sandboxed_unprivileged_with_only_its_files(tmp_path: Path) ->
         assert isinstance(argv, list)
         sandbox = argv[argv.index("-sandbox") + 1]
         assert sandbox == "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
-        assert argv[argv.index("-kernel") + 1].startswith("/dev/fd/")
-        assert argv[argv.index("-initrd") + 1].startswith("/dev/fd/")
+        assert argv[argv.index("-kernel") + 1].startswith("/proc/self/fd/")
+        assert argv[argv.index("-initrd") + 1].startswith("/proc/self/fd/")
         assert not any(str(disk) in a for a in argv)
         modes = snap["modes"]
         assert isinstance(modes, dict)
