@@ -110,13 +110,18 @@
 #                                             vm_path=/dev/sdX
 #                                           vfio-pci: each OPTION is HOSTBDF=PCIPATH; each
 #                                             function is waited for, bound to vfio-pci,
-#                                             and all must share one guest IOMMU group G;
-#                                             the node is DIR/dev/vfio/G (the agent's
-#                                             DevUpdate): OK type=vfio-pci node=N
-#                                             devnum=M:m group=G map=HOST>GUEST,...
+#                                             and all must share one guest IOMMU group G,
+#                                             which must be viable; the node is
+#                                             DIR/dev/vfio/G (the agent's DevUpdate):
+#                                             OK type=vfio-pci node=N devnum=M:m group=G
+#                                             viable=yes map=HOST>GUEST,... peek=PEEKS
 #                                           vfio-pci-gk: each function is waited for and
 #                                             left on its guest driver, no node:
 #                                             OK type=vfio-pci-gk map=HOST>GUEST,...
+#                                             peek=PEEKS
+#                                           PEEKS: HOST@BAR=W0.W1.W2.W3 (or =-) per
+#                                             prefetchable BAR of a function no guest
+#                                             driver held, read before binding (peek_bars)
 
 PATH=/sbin:/bin:/usr/sbin:/usr/bin
 export PATH
@@ -407,6 +412,47 @@ bind_vfio() {
     _drv=-
     if [ -e "$_d/driver" ]; then _l=$(readlink "$_d/driver"); _drv=${_l##*/}; fi
     [ "$_drv" = vfio-pci ] || fail failed "$1 is bound to $_drv, not vfio-pci"
+}
+
+# peek_bars BDF HOST: PK += " HOST@BAR=W0.W1.W2.W3" for each prefetchable memory BAR of a
+# function no guest driver holds: the first 16 bytes as four 32-bit reads through /dev/mem
+# (busybox devmem), memory decoding switched on for the reads by the PCI core's own "enable"
+# attribute and off again. Prefetchable only: PCI allows no read side effects there (PCI
+# Local Bus 3.0, 6.2.5.1), so the read cannot disturb the device. A held function, a
+# BAR the kernel did not place, or a refused read adds HOST@BAR=- (the proof says why).
+peek_bars() {
+    local _d=/sys/bus/pci/devices/$1 _i=0 _start _end _flags _w _a _k _on
+    [ -e "$_d/driver" ] && return 0
+    _on=no
+    while read -r _start _end _flags; do
+        if [ $(( _flags & 0x2200 )) = $(( 0x2200 )) ] && [ "$_start" != 0x0000000000000000 ]; then
+            if [ $_on = no ]; then echo 1 >"$_d/enable" 2>/dev/null && _on=yes || _on=failed; fi
+            _w=; _k=0
+            while [ $_on = yes ] && [ $_k -lt 16 ]; do
+                _a=$(devmem $(( _start + _k )) 32 2>/dev/null) || { _w=; break; }
+                _w="$_w.${_a#0x}"; _k=$((_k + 4))
+            done
+            PK="$PK $2@$_i=${_w#.}"; [ -n "$_w" ] || PK="$PK-"
+        fi
+        _i=$((_i + 1))
+    done <"$_d/resource"
+    [ $_on = yes ] && echo 0 >"$_d/enable" 2>/dev/null
+    return 0
+}
+
+# check_viable G: every function in guest IOMMU group G is bound to vfio-pci, or to no
+# driver, or is a bridge on pcieport: the kernel's rule for a group a container may use
+# (drivers/vfio/group.c, vfio_group_viable); else fail naming the function that is not
+check_viable() {
+    local _m _l _drv
+    for _m in /sys/kernel/iommu_groups/$1/devices/*; do
+        _drv=-
+        if [ -e "$_m/driver" ]; then _l=$(readlink "$_m/driver"); _drv=${_l##*/}; fi
+        case $_drv in
+            vfio-pci|-|pcieport|pci-stub) ;;
+            *) fail not-viable "guest IOMMU group $1 is not viable: ${_m##*/} is bound to $_drv" ;;
+        esac
+    done
 }
 
 # wait_vfio_node G: MAJ/MIN of /dev/vfio/G once the group's node exists (3 s)
@@ -762,13 +808,14 @@ v_device() {
         vfio-pci|vfio-pci-gk)
             [ $# -ge 1 ] || fail invalid "a $_type entry needs HOSTBDF=PCIPATH options"
             drivers
-            _map=; _grp=
+            _map=; _grp=; PK=
             for _o; do
                 _host=${_o%%=*}; _path=${_o#*=}
                 [ "$_host" != "$_o" ] || fail invalid "malformed VFIO option $_o (HOSTBDF=PCIPATH)"
                 check_bdf "$_host"; check_path "$_path"
                 wait_path "$P" "$_ms"
                 _guest=${R##* }
+                peek_bars "$_guest" "$_host"
                 if [ "$_type" = vfio-pci ]; then
                     bind_vfio "$_guest"
                     [ -z "$_grp" ] || [ "$_grp" = "$G" ] \
@@ -777,10 +824,12 @@ v_device() {
                 fi
                 _map="$_map,$_host>$_guest"
             done
-            [ "$_type" = vfio-pci-gk ] && ok "type=vfio-pci-gk map=${_map#,}"
+            _pk=; for _w in $PK; do _pk="$_pk,$_w"; done
+            [ "$_type" = vfio-pci-gk ] && ok "type=vfio-pci-gk map=${_map#,} peek=${_pk#,}"
+            check_viable "$_grp"
             wait_vfio_node "$_grp"
             place_node "$_dir" "/dev/vfio/$_grp" c "$MAJ" "$MIN" "$_mode"
-            ok "type=vfio-pci node=$N devnum=$MAJ:$MIN group=$_grp map=${_map#,}" ;;
+            ok "type=vfio-pci node=$N devnum=$MAJ:$MIN group=$_grp viable=yes map=${_map#,} peek=${_pk#,}" ;;
         *) fail invalid "unknown device type '$_type' (blk scsi vfio-pci vfio-pci-gk)" ;;
     esac
 }

@@ -332,6 +332,10 @@ class Resolution:
     :ivar vm_path: the guest block device the entry resolved to (blk, scsi)
     :ivar group: the guest IOMMU group (vfio-pci)
     :ivar functions: (host BDF, guest BDF) per ``HOSTBDF=PATH`` option, in option order
+    :ivar viable: the guest checked the group's viability (vfio-pci)
+    :ivar peeks: the first bytes the guest read from each prefetchable BAR of a function no
+        guest driver held, before binding it: (host BDF, BAR index, bytes or None when the
+        read was refused)
     """
 
     type: str
@@ -340,6 +344,41 @@ class Resolution:
     vm_path: str = ""
     group: str = ""
     functions: tuple[tuple[str, str], ...] = ()
+    viable: bool = False
+    peeks: tuple[BarPeek, ...] = ()
+
+
+@dataclass(frozen=True)
+class BarPeek:
+    """The first bytes of one BAR as the guest read them (agent ``peek_bars``)."""
+
+    host: str
+    bar: int
+    data: bytes | None  # None: the read was refused or the BAR not placed
+
+    @property
+    def answers(self) -> bool:
+        """A function that does not decode the address reads all ones (a master abort)."""
+        return self.data is not None and self.data != b"\xff" * len(self.data)
+
+
+def parse_peeks(text: str, reply: AgentReply) -> tuple[BarPeek, ...]:
+    """``HOST@BAR=W0.W1.W2.W3`` (32-bit little-endian reads, in hex) or ``HOST@BAR=-``."""
+    out = []
+    for item in filter(None, text.split(",")):
+        where, sep, words = item.partition("=")
+        host, at, bar = where.partition("@")
+        if not (sep and at and _BDF_RE.fullmatch(host) and bar.isdigit()):
+            raise AgentError("device", f"bad peek {item!r} in {reply.payload!r}")
+        if words == "-":
+            out.append(BarPeek(host, int(bar), None))
+            continue
+        try:
+            data = b"".join(int(w, 16).to_bytes(4, "little") for w in words.split("."))
+        except (ValueError, OverflowError) as exc:
+            raise AgentError("device", f"bad peek {item!r} in {reply.payload!r}") from exc
+        out.append(BarPeek(host, int(bar), data))
+    return tuple(out)
 
 
 def parse_resolution(reply: AgentReply) -> Resolution:
@@ -360,7 +399,9 @@ def parse_resolution(reply: AgentReply) -> Resolution:
     if kind.startswith("vfio") and not functions:
         raise AgentError("device", f"{kind} reply without a map: {reply.payload!r}")
     return Resolution(kind, fields.get("node", ""), devnum, fields.get("vm_path", ""),
-                      fields.get("group", ""), tuple(functions))
+                      fields.get("group", ""), tuple(functions),
+                      viable=fields.get("viable") == "yes",
+                      peeks=parse_peeks(fields.get("peek", ""), reply))
 
 
 def parse_devnum(text: str) -> tuple[int, int]:

@@ -137,6 +137,12 @@ def vfio_problems(
                                        actual_paths.get(expectation.planned.qemu.id))
     if entry.type.value == "vfio-pci" and not (resolution.group and resolution.node):
         problems.append(f"{path}: no guest IOMMU group node")
+    if entry.type.value == "vfio-pci" and not resolution.viable:
+        problems.append(f"{path}: the guest did not find group {resolution.group} viable")
+    for peek in resolution.peeks:
+        if peek.data is not None and not peek.answers:
+            problems.append(f"{path}: {peek.host} BAR{peek.bar} reads all ones in the guest "
+                            "(the function does not answer there)")
     return problems
 
 

@@ -32,6 +32,8 @@ class DeviceRow:
     error: str = ""
     entry: dict[str, object] | None = None  # the kata-agent Device entry sent to the guest
     resolved: dict[str, str] | None = None  # host BDF -> guest BDF, or the volume's node
+    #: host BDF -> BAR -> the first bytes the guest read there, hex ("" refused)
+    peeks: dict[str, dict[str, str]] | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -39,7 +41,8 @@ class DeviceRow:
             "planned_guest_path": self.planned_path, "actual_guest_path": self.actual_path,
             "agent_entry": self.entry, "resolved": self.resolved,
             "guest_node": self.guest_node, "container_node": self.container_node,
-            "check": self.check, "seconds": round(self.seconds, 3), "usable": self.usable,
+            "peeks": self.peeks, "check": self.check, "seconds": round(self.seconds, 3),
+            "usable": self.usable,
             "error": self.error,
         }
 

@@ -179,15 +179,19 @@ class GuestProver:
         if entry.type is AgentDeviceType.VFIO_PCI_GK and "-" in drivers:
             problems.append(f"{device.request.path}: no guest driver bound (vfio-pci-gk keeps "
                             "the guest's own driver)")
+        row = _replace(row, peeks=_peeks(resolution) if resolution.peeks else None)
         ident = "stand-in serial = host BDF; " if self.emulated else ""
         mapping = ", ".join(f"{h}->{g}" for h, g in resolution.functions)
         bars = sum(len(s.bars) for s in seen.values())
+        read = "".join(f"; {p.host} BAR{p.bar} " + (f"answers ({p.data[:8].hex()}...)"
+                                                    if p.data else "not read")
+                       for p in resolution.peeks)
         if entry.type is AgentDeviceType.VFIO_PCI:
-            check = (f"{ident}{mapping}; bound to vfio-pci, group {resolution.group} at "
-                     f"{resolution.node} opened; {bars} BARs in their windows")
+            check = (f"{ident}{mapping}; bound to vfio-pci, group {resolution.group} viable, "
+                     f"{resolution.node} opened; {bars} BARs in their windows{read}")
         else:
             check = (f"{ident}{mapping}; guest driver {','.join(drivers)} (vfio-pci-gk: no "
-                     f"/dev/vfio node); {bars} BARs in their windows")
+                     f"/dev/vfio node); {bars} BARs in their windows{read}")
         return _judged(row, check, problems)
 
     def observe(self, guest: str, listing: dict[str, GuestPciDevice]) -> FunctionSeen:
@@ -222,6 +226,13 @@ class GuestProver:
         return _replace(row, guest_node=f"{request.major}:{request.minor} as given",
                         container_node=node, check="opened" if ok else "",
                         usable=ok, error="" if ok else f"{node} does not open in the guest")
+
+
+def _peeks(resolution: Resolution) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for peek in resolution.peeks:
+        out.setdefault(peek.host, {})[str(peek.bar)] = peek.data.hex() if peek.data else ""
+    return out
 
 
 def _planned_paths(device: DevicePlan) -> list[str]:

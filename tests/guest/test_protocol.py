@@ -12,6 +12,7 @@ from podplug.guest.protocol import (
     UNKNOWN_ID,
     VERBS,
     AgentReply,
+    BarPeek,
     GuestPciDevice,
     ReplyLine,
     error_for,
@@ -198,6 +199,9 @@ def test_wait_ready_skips_pings_while_the_channel_is_full() -> None:
     "type=vfio-pci node=/x devnum=1:2 group=3",  # no map
     "type=vfio-pci-gk map=0000:41:00.0>nonsense",  # bad guest BDF
     "type=vfio-pci-gk map=0000:41:00.0",  # no '>'
+    "type=vfio-pci-gk map=0000:41:00.0>0000:01:00.0 peek=0000:41:00.0=1",  # no BAR
+    "type=vfio-pci-gk map=0000:41:00.0>0000:01:00.0 peek=0000:41:00.0@2=zz",  # not hex
+    "type=vfio-pci-gk map=0000:41:00.0>0000:01:00.0 peek=0000:41:00.0@2=123456789",  # > 32 bit
 ])
 def test_parse_resolution_refuses_malformed_replies(payload: str) -> None:
     with pytest.raises(AgentError):
@@ -215,3 +219,15 @@ def test_device_timeout_is_a_hotplug_timeout() -> None:
 def test_parse_bars_refuses_malformed_lines(line: str) -> None:
     with pytest.raises(AgentError):
         parse_bars(AgentReply("r1", "bars", "1", (line,)))
+
+
+def test_parse_resolution_reads_viability_and_bar_peeks_little_endian() -> None:
+    reply = AgentReply("r1", "device", "type=vfio-pci node=/d/vfio/6 devnum=241:0 group=6 "
+                       "viable=yes map=0000:41:00.0>0000:01:00.0,0000:41:00.1>0000:01:00.1 "
+                       "peek=0000:41:00.0@2=50444f50.2d47554c,0000:41:00.1@0=-")
+    resolution = parse_resolution(reply)
+    assert resolution.viable
+    assert resolution.peeks == (BarPeek("0000:41:00.0", 2, b"PODPLUG-"),
+                                BarPeek("0000:41:00.1", 0, None))
+    assert resolution.peeks[0].answers and not resolution.peeks[1].answers
+    assert not BarPeek("0000:41:00.0", 2, b"\xff" * 8).answers

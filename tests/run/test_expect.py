@@ -9,6 +9,7 @@ from podplug.guest.protocol import (
     BRIDGE_MEM_WINDOW,
     BRIDGE_PREF_WINDOW,
     AgentReply,
+    BarPeek,
     GuestBar,
     GuestPciDevice,
     Resolution,
@@ -59,7 +60,8 @@ GOOD_BARS = {
     "0000:01:00.1": (GuestBar(0, 0xFF000000, 0xFF000000 + (16 << 10) - 1, IORESOURCE_MEM),),
 }
 GOOD = Resolution("vfio-pci", "/run/podplug/ctr/dev/vfio/6", (226, 0), "", "6",
-                  (("0000:41:00.0", "0000:01:00.0"), ("0000:41:00.1", "0000:01:00.1")))
+                  (("0000:41:00.0", "0000:01:00.0"), ("0000:41:00.1", "0000:01:00.1")),
+                  viable=True, peeks=(BarPeek("0000:41:00.0", 1, bytes(range(16))),))
 
 
 def _problems(resolution: Resolution, bars: dict[str, tuple[GuestBar, ...]]) -> list[str]:
@@ -72,6 +74,19 @@ def _problems(resolution: Resolution, bars: dict[str, tuple[GuestBar, ...]]) -> 
 
 def test_a_faithful_resolution_has_no_problem() -> None:
     assert _problems(GOOD, GOOD_BARS) == []
+
+
+def test_a_bar_reading_all_ones_fails_and_a_refused_read_does_not() -> None:
+    dead = replace(GOOD, peeks=(BarPeek("0000:41:00.0", 1, b"\xff" * 16),))
+    assert _problems(dead, GOOD_BARS) == [
+        "/dev/vfio/12: 0000:41:00.0 BAR1 reads all ones in the guest (the function does not "
+        "answer there)"]
+    assert _problems(replace(GOOD, peeks=(BarPeek("0000:41:00.0", 1, None),)), GOOD_BARS) == []
+
+
+def test_a_group_the_guest_did_not_find_viable_fails() -> None:
+    assert _problems(replace(GOOD, viable=False), GOOD_BARS) == [
+        "/dev/vfio/12: the guest did not find group 6 viable"]
 
 
 def test_both_functions_at_function_zero_is_the_multifunction_bug() -> None:
