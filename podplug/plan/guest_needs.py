@@ -25,6 +25,11 @@ DRIVER_GROUPS: dict[str, ModuleGroup] = {
     "nvme": ModuleGroup.NVME,
 }
 
+#: PCI class code (24-bit) -> the group holding the guest driver for it: in ``guest-kernel``
+#: mode a real passed-through function keeps the guest's own driver, and the image has one
+#: only for NVMe controllers (class 01 08 02, PCI Code and ID Assignment 1.x)
+CLASS_GROUPS: dict[int, ModuleGroup] = {0x010802: ModuleGroup.NVME}
+
 #: the kernel command-line word the agent reads (podplug/guest/agent.sh, ``preload``)
 CMDLINE_KEY = "podplug.load"
 
@@ -36,7 +41,8 @@ def guest_module_groups(plan: Plan, *,
 
     A ``vfio-pci`` agent entry needs ``vfio``: the agent binds its functions to the
     guest's vfio-pci driver (Kata's ``vfio_mode = "vfio"``); ``vfio-pci-gk`` entries keep
-    the guest driver of the device itself, which a stand-in maps to ``nvme``.
+    the guest driver of the device itself, which a stand-in maps to ``nvme``, and a real
+    function gets from its class (:data:`CLASS_GROUPS`).
     """
     created = [controller_device(c) for c in plan.topology.controllers]
     created += [device(q) for d in plan.devices for q in d.qemu_devices]
@@ -44,6 +50,9 @@ def guest_module_groups(plan: Plan, *,
     if any(d.agent is not None and d.agent.type is AgentDeviceType.VFIO_PCI
            for d in plan.devices):
         groups.add(ModuleGroup.VFIO)
+    groups |= {CLASS_GROUPS[f.class_code] for d in plan.devices
+               if d.agent is not None and d.agent.type is AgentDeviceType.VFIO_PCI_GK
+               for f in d.functions if f.class_code in CLASS_GROUPS}
     return tuple(g for g in ModuleGroup if g in groups)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from podplug.model.enums import ModuleGroup
@@ -60,3 +62,18 @@ def test_without_keepers_everything_loads_from_boot() -> None:
              inventory(1, 2, blocks=0))
     assert not any(c.keeper for c in p.topology.controllers)
     assert after_release(p, (NVME, VFIO)) == ((NVME, VFIO), ())
+
+
+def test_a_real_nvme_in_guest_kernel_mode_gets_the_guest_nvme_driver() -> None:
+    # a passed-through NVMe controller (class 01 08 02) keeps its guest driver in
+    # guest-kernel mode: the guest needs nvme even without stand-ins; in vfio mode it does not
+    host = inventory(1, 1, blocks=0)
+    (function,) = host.functions.values()
+    nvme_host = replace(host, functions={function.bdf: replace(function, class_code=0x010802)})
+    for mode, expected in (("guest-kernel", (NVME,)), ("vfio", (VFIO,))):
+        p = plan(config(mode, cold="root-port", root_ports=2), request(vfio_group(12)),
+                 nvme_host)
+        assert guest_module_groups(p) == expected
+    gpu_plan = plan(config("guest-kernel", cold="root-port", root_ports=2),
+                    request(vfio_group(12)), host)
+    assert guest_module_groups(gpu_plan) == ()  # no GPU driver in podplug's image
