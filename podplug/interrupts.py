@@ -16,12 +16,20 @@ during a QMP call): it is raised when the block ends; :func:`pending` lets such 
 end early.
 :func:`until_signal` waits for one where a signal is the expected end (``run
 --keep-running``), taking it as a value instead of an exception landing anywhere.
+
+An exception raised where Python can only report it (a weakref callback, ``__del__``: "Exception
+ignored in ...") does not propagate, so the interrupt would be lost, and with it every later
+signal (seen once in a ``podplug run`` sent SIGTERM during its unplug: it ran to the end and
+exited 0). :func:`handled` catches that through ``sys.unraisablehook``: the signal is pending
+again, raised at the end of the next :func:`deferred` block, or at the end of
+:func:`handled`'s own block.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -61,12 +69,22 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
 @contextlib.contextmanager
 def handled() -> Iterator[None]:
     """Signals become :class:`Interrupted` inside the block; the old handlers after it.
-    Outside the main thread (where Python cannot take signals) it changes nothing."""
+    Outside the main thread (where Python cannot take signals) it changes nothing. An
+    interrupt Python swallowed (see the module's docstring) is raised again when the block
+    ends, if nothing else did."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in HANDLED}
+    previous_hook = sys.unraisablehook
+
+    def unraisable(report: sys.UnraisableHookArgs) -> None:
+        if isinstance(report.exc_value, Interrupted) and _State.pending is None:
+            _State.raised, _State.pending = False, report.exc_value.signum
+        previous_hook(report)
+
     _State.raised, _State.pending = False, None
+    sys.unraisablehook = unraisable
     for s in HANDLED:
         signal.signal(s, _handler)
     try:
@@ -74,6 +92,10 @@ def handled() -> Iterator[None]:
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
+        sys.unraisablehook = previous_hook
+    if _State.pending is not None and not _State.raised:  # the block ended normally
+        signum, _State.pending = _State.pending, None
+        raise Interrupted(signum)
 
 
 @contextlib.contextmanager

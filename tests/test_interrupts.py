@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import weakref
 
 import pytest
 
@@ -78,3 +79,39 @@ def test_a_signal_during_a_qmp_wait_ends_it_as_the_interrupt() -> None:
     finally:
         timer.cancel()
         loop.call_soon_threadsafe(loop.stop)
+
+
+def _swallowing_callback(_ref: object) -> None:
+    """The signal's handler runs inside a weakref callback, where Python only reports an
+    exception ("Exception ignored in ..."): the interrupt does not propagate."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.sigtimedwait([], 0)
+
+
+class _Thing:
+    pass
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_interrupt_python_swallowed_is_raised_at_the_next_deferred_block() -> None:
+    steps = []
+    with pytest.raises(Interrupted) as caught, handled():
+        thing = _Thing()
+        ref = weakref.ref(thing, _swallowing_callback)
+        del thing
+        assert ref() is None
+        steps.append("swallowed")  # the run goes on
+        with deferred():
+            steps.append("deferred")
+        steps.append("never")
+    assert caught.value.signum == signal.SIGTERM and steps == ["swallowed", "deferred"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_interrupt_python_swallowed_is_raised_when_the_block_ends() -> None:
+    with pytest.raises(Interrupted) as caught, handled():
+        thing = _Thing()
+        ref = weakref.ref(thing, _swallowing_callback)
+        del thing
+        assert ref() is None
+    assert caught.value.exit_code == 143
