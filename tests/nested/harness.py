@@ -53,6 +53,7 @@ L1_IOMMUFD_MODULES = ("iommufd",)
 #: cost L2's QEMU 270 s of L1 system time in 10 minutes without L2 reaching /init (16 MiB:
 #: 47 s at the same point); ``NESTED_BAR_MIB=4096`` runs the GiB-sized BAR by hand
 GPU_BAR_MIB = int(os.environ.get("NESTED_BAR_MIB", "256"))
+CASE_TIMEOUT_S = 2400  # one podplug run in L1 (inside.py's bound); measured 12-20 minutes
 GPU_MARK = b"PODPLUG-NESTED-GPU-BAR2-WRITTEN-BY-L0\n"
 NVME_MARK = b"PODPLUG-NESTED-NVME-WRITTEN-BY-L0\n"
 NVME_SERIAL = "NESTED-NVME-0001"
@@ -229,9 +230,12 @@ def _running(argv: Sequence[str]) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def run_l1(work: Path, kernel: L1Kernel, cases: list[dict[str, object]], *,
-           qemu: str = "/usr/bin/qemu-system-x86_64", timeout: float = 1800.0,
+           qemu: str = "/usr/bin/qemu-system-x86_64", timeout: float | None = None,
            progress: bool = True) -> L1Result:
-    """Boot L1 in ``work`` and run ``cases`` inside it (each one ``podplug run``)."""
+    """Boot L1 in ``work`` and run ``cases`` inside it (each one ``podplug run``, bounded by
+    ``inside``); the whole session by ``timeout``, by default 10 minutes plus 40 per case."""
+    if timeout is None:
+        timeout = 600.0 + CASE_TIMEOUT_S * len(cases)
     out = work / "out"
     out.mkdir()
     (out / "cases.json").write_text(json.dumps(cases))

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 PCI = Path("/sys/bus/pci/devices")
+CASE_TIMEOUT_S = 2400  # = harness.CASE_TIMEOUT_S (this runs in L1 without podplug's imports)
 
 #: what L0 gives L1, by vendor:device (see harness.L0_DEVICES)
 GPU_F0 = "1af4:1110"  # ivshmem-plain: BAR0 256 B registers, BAR2 the large prefetchable memory
@@ -164,7 +165,7 @@ def main(out: Path, cases_file: Path) -> int:
         err_path = out / f"{name}.err"  # written as it goes: L0 can follow a slow run
         with open(err_path, "w") as err:
             proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=err, text=True,
-                                  timeout=1500, check=False)
+                                  timeout=CASE_TIMEOUT_S, check=False)
         with open("/proc/interrupts") as fh:
             irqs = [ln.strip() for ln in fh if "vfio" in ln]
         time.sleep(4)  # the follower's last copy of L2's serial log
