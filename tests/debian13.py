@@ -31,7 +31,6 @@ Command line (one line on stderr and exit 1 on failure, offline for instance)::
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -40,10 +39,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from podplug.image.cache import default_cache_dir
+from podplug.image.cache import default_cache_dir, locked
 
 SUITE = "trixie"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -108,24 +107,10 @@ def mirror(sources: Sequence[Path] = (Path("/etc/apt/sources.list"),
     return DEFAULT_MIRROR
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path``, waited for at most :data:`LOCK_WAIT_S`."""
-    with open(path, "a+b") as handle:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise FetchError(f"{path}: held by another fetch for "
-                                     f"{LOCK_WAIT_S:.0f} s") from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive ``flock`` on ``path`` (podplug's own), waited for at most
+    :data:`LOCK_WAIT_S`."""
+    return locked(path, wait_s=LOCK_WAIT_S, holder="another fetch", error=FetchError)
 
 
 def _mkdir(path: Path) -> Path:

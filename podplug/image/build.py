@@ -45,7 +45,7 @@ from pathlib import Path
 from podplug.errors import GuestImageError
 from podplug.image.apt import fetch_deb, resolve_cached
 from podplug.image.cache import default_cache_dir, locked, publish, sweep_stale
-from podplug.image.cpio import NewcArchive
+from podplug.image.cpio import busybox_root
 from podplug.image.kernel import extract_vmlinux, parse_kconfig
 from podplug.image.kmod import load_order
 from podplug.image.modtree import index_modules, modinfo_reader, read_module
@@ -229,16 +229,8 @@ def _assemble(
         skipped.update(missed)
         placed += [(group, m) for m in order]
 
-    archive = NewcArchive()
-    for name in ("proc", "sys", "dev", "tmp", "run", "mnt", "root", "etc/podplug"):
-        archive.add_dir(name)
-    archive.add_node("dev/console", "c", 5, 1, 0o600)
-    archive.add_node("dev/null", "c", 1, 3, 0o666)
-    archive.add_file("bin/busybox", busybox.read_bytes(), 0o755)
-    for applet in applets:
-        if applet != "bin/busybox":
-            depth = applet.count("/")
-            archive.add_symlink(applet, "../" * depth + "bin/busybox")
+    archive = busybox_root(("proc", "sys", "dev", "tmp", "run", "mnt", "root", "etc/podplug"),
+                           busybox.read_bytes(), applets)
     archive.add_file("init", agent, 0o755)
     files: list[str] = []
     lines = []

@@ -13,7 +13,7 @@ import fcntl
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,19 +30,19 @@ def default_cache_dir() -> Path:
 
 
 @contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive flock on ``path``, waited for at most :data:`_LOCK_WAIT_S`."""
+def locked(path: Path, *, wait_s: float = _LOCK_WAIT_S, holder: str = "another build",
+           error: Callable[[str], Exception] = GuestImageError) -> Iterator[None]:
+    """An exclusive flock on ``path``, waited for at most ``wait_s``; then ``error`` is
+    raised, naming the path, the ``holder`` and the wait."""
     with open(path, "a+b") as fh:
-        deadline = time.monotonic() + _LOCK_WAIT_S
+        deadline = time.monotonic() + wait_s
         while True:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise GuestImageError(
-                        f"{path}: another build held the lock for {_LOCK_WAIT_S:.0f} s"
-                    ) from None
+                    raise error(f"{path}: {holder} held the lock for {wait_s:.0f} s") from None
                 time.sleep(0.2)
         try:
             yield

@@ -11,6 +11,8 @@ target. The archive ends with an entry named ``TRAILER!!!``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 
 class NewcArchive:
     """A ``newc`` (SVR4, no CRC) cpio archive built in memory; owner root, mtime 0."""
@@ -68,6 +70,23 @@ class NewcArchive:
             b"%08X" % f for f in (0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, len(raw), 0)
         )
         return b"".join([*self._parts, header, raw, _pad(len(header) + len(raw))])
+
+
+def busybox_root(dirs: Sequence[str], busybox: bytes,
+                 applets: Iterable[str]) -> NewcArchive:
+    """An initramfs started: ``dirs``, ``/dev/console`` and ``/dev/null`` (the kernel opens
+    the console before any devtmpfs), static busybox at ``bin/busybox`` and each applet
+    (``usr/bin/od``...) a relative link to it."""
+    archive = NewcArchive()
+    for name in dirs:
+        archive.add_dir(name)
+    archive.add_node("dev/console", "c", 5, 1, 0o600)
+    archive.add_node("dev/null", "c", 1, 3, 0o666)
+    archive.add_file("bin/busybox", busybox, 0o755)
+    for applet in applets:
+        if applet != "bin/busybox":
+            archive.add_symlink(applet, "../" * applet.count("/") + "bin/busybox")
+    return archive
 
 
 def _pad(length: int) -> bytes:

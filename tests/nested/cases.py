@@ -30,13 +30,12 @@ SINGLE = ("single",)
 
 def case(name: str, *, mode: str = "vfio", cold: str = "no-port", hot: str = "no-port",
          functions: tuple[str, ...] = (*GPU, *SINGLE), volume: bool = True,
-         qemu: str = "/usr/bin/qemu-system-x86_64", iommufd: bool = False,
-         viable: bool = True) -> dict[str, object]:
+         qemu: str = "/usr/bin/qemu-system-x86_64", viable: bool = True) -> dict[str, object]:
     groups = {"gpu" if f in GPU else f for f in functions}
     ports = len(groups) + 1  # one per group, one spare
     root = ports if "root-port" in (cold, hot) else 0
     switch = ports if "switch-port" in (cold, hot) else 0
-    return {"name": name, "functions": list(functions), "volume": volume, "iommufd": iommufd,
+    return {"name": name, "functions": list(functions), "volume": volume,
             "hot": hot != "no-port", "viable": viable,
             "config": CONFIG.format(name=name, qemu=qemu, mode=mode, cold=cold, hot=hot,
                                     root=root, switch=switch)}

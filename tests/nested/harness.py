@@ -10,7 +10,7 @@ remapping: type1 refuses a group without it), and behind pcie-root-ports
   audio function;
 * a single-function ``nvme`` (its namespace image also written by L0).
 
-L1 runs podplug's own guest kernel (or another, for iommufd) with a small initramfs:
+L1 runs podplug's own guest kernel with a small initramfs:
 static busybox, the 9p/overlay/loop/vfio modules and ``/init``. ``/init`` mounts the
 host's ``/`` read-only over virtio-9p, with a tmpfs overlay on top so L1 may write
 anywhere and the checkout is visible wherever it lives (``/tmp`` included), then
@@ -35,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from podplug.image.cpio import NewcArchive
+from podplug.image.cpio import busybox_root
 from podplug.image.kmod import load_order
 from podplug.image.modtree import index_modules, modinfo_reader, read_module
 from podplug.image.tools import busybox_applets, find_static_busybox
@@ -46,7 +46,6 @@ PYTHON = Path(sys.executable)
 #: what L1 needs loaded (dependencies are added from the modules' own ``depends``)
 L1_MODULES = ("virtio_pci", "9p", "9pnet_virtio", "overlay", "loop", "vfio",
               "vfio_iommu_type1", "vfio_pci")
-L1_IOMMUFD_MODULES = ("iommufd",)
 
 #: ivshmem BAR2, a sparse file on L0. 256 MiB by default: L1's type1 IOMMU driver pins and
 #: maps a BAR page by page when L2's QEMU maps it for peer DMA, and under TCG a 4 GiB BAR
@@ -97,7 +96,6 @@ class L1Kernel:
 
     vmlinux: Path
     modules: Path  # .../lib/modules/VERSION/kernel
-    extra_modules: tuple[str, ...] = ()
 
 
 @dataclass
@@ -134,17 +132,10 @@ def podplug_kernel(work: Path) -> L1Kernel:
 def initramfs(kernel: L1Kernel, command: str) -> bytes:
     """L1's initramfs, uncompressed (no gunzip under TCG)."""
     index = index_modules(kernel.modules)
-    order, _ = load_order([*L1_MODULES, *kernel.extra_modules], index, modinfo_reader(index))
+    order, _ = load_order(list(L1_MODULES), index, modinfo_reader(index))
     busybox = find_static_busybox()
-    archive = NewcArchive()
-    for name in ("proc", "sys", "dev", "tmp", "lower", "upper", "root", "etc/l1"):
-        archive.add_dir(name)
-    archive.add_node("dev/console", "c", 5, 1, 0o600)
-    archive.add_node("dev/null", "c", 1, 3, 0o666)
-    archive.add_file("bin/busybox", busybox.read_bytes(), 0o755)
-    for applet in busybox_applets(busybox):
-        if applet != "bin/busybox":
-            archive.add_symlink(applet, "../" * applet.count("/") + "bin/busybox")
+    archive = busybox_root(("proc", "sys", "dev", "tmp", "lower", "upper", "root", "etc/l1"),
+                           busybox.read_bytes(), busybox_applets(busybox))
     files = []
     for name in order:
         fname = index[name].name.removesuffix(".xz")

@@ -4,7 +4,7 @@ L1 is a guest with a virtual IOMMU (:mod:`tests.nested.harness`). This program s
 REAL ``/sys`` and ``/dev``: it finds the devices L0 gave L1 by vendor:device, binds each to
 vfio-pci as a device plugin would (``driver_override`` + ``drivers_probe``), makes a loop
 volume, and for every case writes a Kata configuration and an OCI spec naming the real
-``/dev/vfio/<group>`` (or ``/dev/vfio/devices/vfioN``) nodes and the loop device with L1's
+``/dev/vfio/<group>`` nodes and the loop device with L1's
 real numbers, then runs the ``podplug`` CLI unmodified (``run --no-emulate-vfio --json``).
 Everything it learns goes to ``OUT/<case>.json`` and ``OUT/l1.json``; L0 judges.
 
@@ -70,12 +70,6 @@ def devnum(path: str) -> tuple[int, int]:
     return os.major(st.st_rdev), os.minor(st.st_rdev)
 
 
-def cdev_of(bdf: str) -> str:
-    """``/dev/vfio/devices/vfioN`` of a function (the vfio cdev, kernel 6.6+)."""
-    names = sorted(p.name for p in (PCI / bdf / "vfio-dev").iterdir())
-    return f"/dev/vfio/devices/{names[0]}" if names else ""
-
-
 def node(path: str, kind: str, mode: int) -> dict[str, object]:
     major, minor = devnum(path)
     return {"path": path, "type": kind, "major": major, "minor": minor, "fileMode": mode,
@@ -139,9 +133,7 @@ def main(out: Path, cases_file: Path) -> int:
     facts: dict[str, object] = {
         "kernel": os.uname().release, "functions": functions, "groups": groups,
         "members": members, "drivers": {n: driver(b) for n, b in functions.items()},
-        "volume": volume, "iommufd": Path("/dev/iommu").exists(),
-        "cdevs": {n: cdev_of(b) for n, b in functions.items()
-                  if (PCI / b / "vfio-dev").is_dir() and os.path.exists(cdev_of(b))},
+        "volume": volume,
         "setup_s": round(time.monotonic() - started, 2)}
     (out / "l1.json").write_text(json.dumps(facts, indent=1))
     for case in cases:
@@ -150,11 +142,7 @@ def main(out: Path, cases_file: Path) -> int:
         cdir = work / name
         cdir.mkdir()
         (cdir / "configuration.toml").write_text(case["config"])
-        if case.get("iommufd"):
-            paths = ["/dev/iommu", *(cdev_of(functions[f]) for f in case["functions"])]
-        else:
-            paths = ["/dev/vfio/vfio", *sorted({f"/dev/vfio/{groups[f]}"
-                                                for f in case["functions"]})]
+        paths = ["/dev/vfio/vfio", *sorted({f"/dev/vfio/{groups[f]}" for f in case["functions"]})]
         (cdir / "spec.json").write_text(
             json.dumps(spec(paths, volume if case.get("volume") else None)))
         argv = [sys.executable, "-m", "podplug.cli", "run",
