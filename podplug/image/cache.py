@@ -42,7 +42,7 @@ def locked(path: Path, *, wait_s: float = _LOCK_WAIT_S, holder: str = "another b
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise error(f"{path}: {holder} held the lock for {wait_s:.0f} s") from None
+                    raise error(f"{path}: {holder} held the lock for {wait_s:g} s") from None
                 time.sleep(0.2)
         try:
             yield
