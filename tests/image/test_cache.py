@@ -53,7 +53,7 @@ def test_a_held_lock_is_waited_for_then_an_error(tmp_path: Path) -> None:
         fcntl.flock(other, fcntl.LOCK_EX)  # another builder (another open file description)
         start = time.monotonic()
         with (
-            pytest.raises(GuestImageError, match="another build held the lock for 0.3 s"),
+            pytest.raises(GuestImageError, match=r"another build held the lock for 0\.3 s"),
             locked(lock, wait_s=0.3),
         ):
             pytest.fail("the lock was held by another")
