@@ -81,8 +81,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
                          sysfs_root=args.sysfs, dev_root=args.dev_root)
     for warning in inputs.warnings:
         print(f"podplug: warning: {warning}", file=sys.stderr)
+    io_uring = True
+    if args.qemu:  # the binary says whether io_uring is there (podplug.plan.blockdev)
+        from podplug.model.qemu import QemuFeature
+
+        caps = _probe(inputs.config, args.qemu)
+        if isinstance(caps, PodplugError):
+            raise caps
+        io_uring = QemuFeature.AIO_IO_URING in caps.features
     result = plan(inputs.config, inputs.request, inputs.inventory,
-                  hotplug=HotplugMode(args.hotplug), spare_floor=args.spare_window)
+                  hotplug=HotplugMode(args.hotplug), spare_floor=args.spare_window,
+                  io_uring=io_uring)
     if args.qemu:
         _check_qemu(inputs.config, args.qemu, result)
     sys.stdout.write(_render(args.format, result))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,8 +58,14 @@ def config(
     bridges: int = 1,
     hypervisor: str = "qemu",
     machine: str = "q35",
+    extra: Mapping[str, object] | None = None,
+    runtime_rs: bool = False,
 ) -> RuntimeConfig:
-    """A configuration, parsed by the real parser from a TOML-shaped mapping."""
+    """A configuration, parsed by the real parser from a TOML-shaped mapping; ``extra``
+    keys join the hypervisor table; ``runtime_rs`` makes it a runtime-rs file."""
+    runtime: dict[str, object] = {"vfio_mode": vfio_mode}
+    if runtime_rs:
+        runtime["name"] = "virt_container"
     return parse_kata_config({
         "hypervisor": {hypervisor: {
             "machine_type": machine, "cold_plug_vfio": cold, "hot_plug_vfio": hot,
@@ -66,8 +73,9 @@ def config(
             "pcie_switch_port": switch_ports, "default_bridges": bridges,
             "enable_annotations": ["cold_plug_vfio", "hot_plug_vfio", "pcie_root_port",
                                    "pcie_switch_port"],
+            **(extra or {}),
         }},
-        "runtime": {"vfio_mode": vfio_mode},
+        "runtime": runtime,
     })
 
 

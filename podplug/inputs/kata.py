@@ -16,6 +16,16 @@ Keys read (``src/runtime/pkg/katautils/config.go``; research ``kata-devices.md``
   is checked when podplug runs a binary, not when it plans: the TDX files ship a
   placeholder there).
 
+Block keys (``[hypervisor.qemu]``, :class:`BlockKeys`; how they shape a volume is decided in
+:mod:`podplug.plan.blockdev`): ``block_device_aio`` (``io_uring`` | ``native`` |
+``threads``, default ``io_uring`` in both runtimes), ``block_device_cache_set``,
+``block_device_cache_direct``, ``block_device_cache_noflush``, ``disable_block_device_use``
+(the Go runtime reads it for block-backed rootfs and mounts only; runtime-rs's kata-types
+``adjust_config`` also clears ``block_device_driver`` and ``enable_vhost_user_store``),
+``enable_vhost_user_store``, ``vhost_user_store_path`` (Go default
+``/var/run/kata-containers/vhost-user``, the Makefile's ``PKGRUNDIR``; runtime-rs
+``/var/run/vhost-user``), ``vhost_user_reconnect_timeout_sec`` and ``enable_hugepages``.
+
 Order of checks, so that a file podplug does not plan for is named as such rather than for
 some key on the way: the hypervisor table (``qemu``; ``clh``, which runtime-rs kata-types
 3.13-3.20 spelled ``cloud-hypervisor``; any other Kata hypervisor is refused as
@@ -55,7 +65,14 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from podplug.errors import ConfigError, UnsupportedPlatform
-from podplug.model.enums import BlockDriver, Hypervisor, KataRuntime, PortKind, VfioMode
+from podplug.model.enums import (
+    BlockAio,
+    BlockDriver,
+    Hypervisor,
+    KataRuntime,
+    PortKind,
+    VfioMode,
+)
 from podplug.model.text import parse_uint
 
 MAX_PCIE_ROOT_PORTS = 16  # Kata maxPCIeRootPort ("Limitation from QEMU": IO space)
@@ -82,9 +99,30 @@ BLOCK_DRIVERS: dict[str, BlockDriver] = {
 UNPLANNED_BLOCK_DRIVERS = ("virtio-mmio", "virtio-blk-mmio", "virtio-blk-ccw", "nvdimm",
                            "virtio-pmem")
 #: the keys of a [hypervisor.*] table podplug reads (others are left alone)
+BLOCK_KEYS = ("block_device_aio", "block_device_cache_set", "block_device_cache_direct",
+              "block_device_cache_noflush", "disable_block_device_use",
+              "enable_vhost_user_store", "vhost_user_store_path",
+              "vhost_user_reconnect_timeout_sec", "enable_hugepages")
 READ_KEYS = ("path", "machine_type", "cold_plug_vfio", "hot_plug_vfio", "pcie_root_port",
              "pcie_switch_port", "block_device_driver", "default_bridges",
-             "enable_annotations")
+             "enable_annotations", *BLOCK_KEYS)
+GO_VHOST_USER_STORE = "/var/run/kata-containers/vhost-user"  # Makefile DEFVHOSTUSERSTOREPATH
+RUST_VHOST_USER_STORE = "/var/run/vhost-user"  # kata-types DEFAULT_VHOST_USER_STORE_PATH
+
+
+@dataclass(frozen=True)
+class BlockKeys:
+    """The keys of a ``[hypervisor.*]`` table that shape every block volume (module doc)."""
+
+    aio: BlockAio = BlockAio.IO_URING
+    cache_set: bool = False
+    cache_direct: bool = False
+    cache_noflush: bool = False
+    disable_block_device_use: bool = False
+    enable_vhost_user_store: bool = False
+    vhost_user_store_path: str = GO_VHOST_USER_STORE
+    vhost_user_reconnect_timeout_sec: int = 0
+    enable_hugepages: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,6 +138,7 @@ class HypervisorConfig:
     block_device_driver: BlockDriver = BlockDriver.VIRTIO_SCSI
     default_bridges: int = 1
     enable_annotations: tuple[str, ...] = ()
+    block: BlockKeys = BlockKeys()
     path: str = ""  # the hypervisor binary; "" when the file does not say
     table: str = ""  # the table's name in the file ("cloud-hypervisor"); "" = kind's name
     given: frozenset[str] = frozenset()  # the keys of READ_KEYS the file itself sets
@@ -127,7 +166,7 @@ class RuntimeConfig:
     notes: tuple[str, ...] = ()  # keys read differently than they look, said once
 
 
-_E = TypeVar("_E", PortKind, VfioMode, BlockDriver)
+_E = TypeVar("_E", PortKind, VfioMode, BlockDriver, BlockAio)
 
 
 def _enum_value(enum: type[_E], key: str, raw: object, default: _E, problem: str) -> _E:
@@ -147,6 +186,46 @@ def _count(key: str, raw: object, limit: int) -> int:
     if raw > limit:
         raise ConfigError(key, f"exceeds the limit of {limit}", value=raw)
     return raw
+
+
+def _flag(section: str, table: Mapping[str, object], key: str) -> bool:
+    raw = table.get(key, False)
+    if not isinstance(raw, bool):
+        raise ConfigError(f"{section}.{key}", "must be true or false", value=raw)
+    return raw
+
+
+def _block_keys(section: str, table: Mapping[str, object], runtime: KataRuntime) -> BlockKeys:
+    """:class:`BlockKeys` of one table; runtime-rs's ``disable_block_device_use`` also turns
+    the vhost-user store off (kata-types ``BlockDeviceInfo::adjust_config``)."""
+    store = table.get("vhost_user_store_path", "")
+    if not isinstance(store, str):
+        raise ConfigError(f"{section}.vhost_user_store_path", "must be a string", value=store)
+    if store and not store.startswith("/"):
+        raise ConfigError(f"{section}.vhost_user_store_path", "must be an absolute path",
+                          value=store)
+    default_store = RUST_VHOST_USER_STORE if runtime is KataRuntime.RUST \
+        else GO_VHOST_USER_STORE
+    reconnect = table.get("vhost_user_reconnect_timeout_sec", 0)
+    if isinstance(reconnect, bool) or not isinstance(reconnect, int) or \
+            not 0 <= reconnect < 1 << 32:
+        raise ConfigError(f"{section}.vhost_user_reconnect_timeout_sec",
+                          "must be a whole number of seconds (0 disables reconnecting)",
+                          value=reconnect)
+    disabled = _flag(section, table, "disable_block_device_use")
+    store_on = _flag(section, table, "enable_vhost_user_store")
+    return BlockKeys(
+        aio=_enum_value(BlockAio, f"{section}.block_device_aio", table.get("block_device_aio"),
+                        BlockAio.IO_URING, "unknown block I/O mechanism"),
+        cache_set=_flag(section, table, "block_device_cache_set"),
+        cache_direct=_flag(section, table, "block_device_cache_direct"),
+        cache_noflush=_flag(section, table, "block_device_cache_noflush"),
+        disable_block_device_use=disabled,
+        enable_vhost_user_store=store_on and not (disabled and runtime is KataRuntime.RUST),
+        vhost_user_store_path=store or default_store,
+        vhost_user_reconnect_timeout_sec=reconnect,
+        enable_hugepages=_flag(section, table, "enable_hugepages"),
+    )
 
 
 def _hypervisor_table(doc: Mapping[str, object]) -> tuple[str, Mapping[str, object]]:
@@ -241,6 +320,7 @@ def parse_kata_config(doc: Mapping[str, object]) -> RuntimeConfig:
                                           table.get("block_device_driver"), flavour),
         default_bridges=_count(f"{section}.default_bridges", bridges, MAX_BRIDGES),
         enable_annotations=tuple(annotations),
+        block=_block_keys(section, table, flavour),
         path=binary,
         table=name if name != kind.value else "",
         given=frozenset(k for k in READ_KEYS if k in table

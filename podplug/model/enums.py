@@ -35,6 +35,15 @@ class BlockDriver(Enum):
     VIRTIO_SCSI = "virtio-scsi"
 
 
+class BlockAio(Enum):
+    """Kata ``block_device_aio``: QEMU's ``aio`` for a volume's file node (``io_uring`` is
+    both runtimes' default; ``native`` needs ``cache.direct``, see :mod:`podplug.plan.blockdev`)."""
+
+    IO_URING = "io_uring"
+    NATIVE = "native"
+    THREADS = "threads"
+
+
 class Hypervisor(Enum):
     """Which ``[hypervisor.<name>]`` table the configuration holds."""
 

@@ -20,7 +20,9 @@ class QemuFeature(Enum):
     ``pcie-root-port`` in 3.0; nvme's persistent memory region (``pmrdev``) in 5.1; a memory
     backend without reserved RAM (``reserve=off``) in 6.1. ``-sandbox`` exists only in a
     QEMU built with libseccomp (Debian's is); its ``obsolete``/``elevateprivileges``/
-    ``spawn``/``resourcecontrol`` suboptions date from QEMU 2.11 and 3.1.
+    ``spawn``/``resourcecontrol`` suboptions date from QEMU 2.11 and 3.1. ``aio=io_uring``
+    (QEMU 5.0, built with liburing) also needs a kernel that lets QEMU set up a ring: it is
+    probed by opening a file with it for real.
     """
 
     IOMMUFD_OBJECT = "-object iommufd"
@@ -30,6 +32,7 @@ class QemuFeature(Enum):
     NVME_PMR = "nvme,pmrdev="
     MEMORY_NORESERVE = "memory-backend-ram,reserve="
     SANDBOX = "-sandbox"  # QEMU built with libseccomp: every podplug VM runs under it
+    AIO_IO_URING = "aio=io_uring"  # a volume's file node opened with io_uring, here
 
 
 @dataclass(frozen=True)

@@ -51,18 +51,28 @@ class QemuDevice:
 
 @dataclass(frozen=True)
 class BlockdevNode:
-    """A QMP ``blockdev-add`` node (``-blockdev`` on the command line)."""
+    """A QMP ``blockdev-add`` node (``-blockdev`` on the command line): a ``raw`` node over
+    a protocol node, with the ``aio`` and cache options of :mod:`podplug.plan.blockdev`."""
 
     node_name: str
     driver: str  # format driver, "raw"
     file_driver: str  # "host_device" for block devices, "file" for regular files
     filename: str
     read_only: bool = False  # the run's read-only proof: QEMU cannot write the volume
+    aio: str = ""  # protocol node "aio" ("io_uring", "native", "threads"); "" = not sent
+    node_cache: tuple[bool, bool] | None = None  # raw node cache (direct, no-flush)
+    file_direct: bool | None = None  # protocol node cache.direct
 
     def arguments(self) -> dict[str, object]:
         file: dict[str, object] = {"driver": self.file_driver, "filename": self.filename}
+        if self.aio:
+            file["aio"] = self.aio
+        if self.file_direct is not None:
+            file["cache"] = {"direct": self.file_direct}
         args: dict[str, object] = {"driver": self.driver, "node-name": self.node_name,
                                    "file": file}
+        if self.node_cache is not None:
+            args["cache"] = {"direct": self.node_cache[0], "no-flush": self.node_cache[1]}
         if self.read_only:
             args["read-only"] = True
             file["read-only"] = True

@@ -41,6 +41,7 @@ from podplug.model.enums import (
 from podplug.model.host import HostInventory
 from podplug.model.pci import Bdf, GuestPciPath
 from podplug.model.request import ContainerRequest
+from podplug.plan.blockdev import BlockdevShape, blockdev_shape
 from podplug.plan.model import AgentDevice, BlockdevNode, DevicePlan, Plan, PlannedFunction
 from podplug.plan.presentation import (
     disk_name,
@@ -105,6 +106,7 @@ def _reject_repeats(routed: tuple[Routed, ...]) -> tuple[Routed, ...]:
 def plan(
     config: RuntimeConfig, request: ContainerRequest, inventory: HostInventory,
     *, hotplug: HotplugMode = HotplugMode.ACPI, spare_floor: Window = DEFAULT_SPARE_WINDOW,
+    io_uring: bool = True,
 ) -> Plan:
     """Plan where every device of ``request`` goes.
 
@@ -176,12 +178,13 @@ def plan(
     ports = {c.id: c for c in topology.controllers}
     planned: list[DevicePlan] = []
     block_index = 0
+    shape = blockdev_shape(config, io_uring=io_uring)
     for index, item in enumerate(routed):
         if index in units:
             planned.append(_vfio_plan(item, units[index], index, unit_targets, config,
                                       request.is_sandbox, iommufd_objects, ports))
         elif item.bucket is Bucket.HOT_BLOCK:
-            planned.append(_block_plan(item, block_index, virtio_blk, block_targets))
+            planned.append(_block_plan(item, block_index, virtio_blk, block_targets, shape))
             block_index += 1
         else:
             planned.append(DevicePlan(item.device, item.bucket, item.reason, item.in_spec))
@@ -245,20 +248,23 @@ def _vfio_plan(
 
 def _block_plan(
     item: Routed, block_index: int, virtio_blk: bool, targets: Iterator[Target],
+    shape: BlockdevShape,
 ) -> DevicePlan:
     assert item.block is not None
-    node = BlockdevNode(f"drive-blk{block_index}", "raw", "host_device", item.block.dev_path)
+    node = BlockdevNode(f"drive-blk{block_index}", "raw", "host_device", item.block.dev_path,
+                        aio=shape.aio.value, node_cache=shape.node_cache,
+                        file_direct=shape.file_direct)
     if virtio_blk:
         target = next(targets)
         qemu = virtio_blk_device(block_index, node.node_name, target)
         agent = AgentDevice(str(target.path), AgentDeviceType.BLK,
                             "/dev/" + disk_name("vd", block_index), item.device.path)
         return DevicePlan(item.device, item.bucket, item.reason, item.in_spec, (target.path,),
-                          blockdev=node, qemu=qemu, agent=agent)
+                          blockdev=node, qemu=qemu, agent=agent, notes=shape.notes)
     scsi_id, lun = scsi_address(block_index)
     address = f"{scsi_id}:{lun}"
     agent = AgentDevice(address, AgentDeviceType.SCSI, "/dev/" + disk_name("sd", block_index),
                         item.device.path)
     return DevicePlan(item.device, item.bucket, item.reason, item.in_spec, (),
                       blockdev=node, qemu=scsi_hd_device(block_index, node.node_name),
-                      scsi_address=address, agent=agent)
+                      scsi_address=address, agent=agent, notes=shape.notes)

@@ -150,6 +150,13 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
     clock = _Clock(options.progress)
     plan = make_plan(inputs.config, inputs.request, inputs.inventory,
                      hotplug=options.hotplug, spare_floor=options.spare_window)
+    hv = inputs.config.hypervisor
+    qemu = resolve_qemu(hv.path, options.qemu, hv.section)
+    caps = probe_qemu(qemu, options.cache_dir or default_cache_dir())
+    if QemuFeature.AIO_IO_URING not in caps.features:  # planned again: aio falls back
+        plan = make_plan(inputs.config, inputs.request, inputs.inventory,
+                         hotplug=options.hotplug, spare_floor=options.spare_window,
+                         io_uring=False)
     has_vfio = any(d.functions for d in plan.devices)
     emulate, why_emulate = decide_emulation(options.emulate_vfio, inputs.inventory.sysfs_root,
                                             _real_host_has_iommu())
@@ -163,11 +170,9 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
         notes.append("VFIO: real host devices passed with vfio-pci")
     drives = plan_drives(plan, inputs.inventory, options.volumes)
     notes += drive_notes(plan, drives, inputs.inventory)
+    notes += dict.fromkeys(n for d in plan.in_bucket(Bucket.HOT_BLOCK) for n in d.notes)
     for note in notes:
         clock.say(note)
-    hv = inputs.config.hypervisor
-    qemu = resolve_qemu(hv.path, options.qemu, hv.section)
-    caps = probe_qemu(qemu, options.cache_dir or default_cache_dir())
     mapping = stand_ins(inputs.inventory.functions) if emulate else _same
     require(caps, qemu_needs(plan, device=mapping) | {QemuFeature.SANDBOX})
     clock.say(f"QEMU {caps.version_text}: {qemu}")

@@ -10,7 +10,9 @@ executable file, and names the key it came from when it is not.
 ``device-list-properties`` of the devices podplug renders (does ``vfio-pci`` take
 ``iommufd``, ``pcie-root-port`` take ``pref64-reserve``, ``nvme`` take ``pmrdev``?) and
 ``qom-list-properties`` of the objects (``memory-backend-ram`` ``reserve``);
-``query-command-line-options`` (is there ``-sandbox``, that is, seccomp?). The probe itself
+``query-command-line-options`` (is there ``-sandbox``, that is, seccomp?); and a real
+``blockdev-add`` of a small file in its own directory with ``aio=io_uring`` (does this binary,
+on this kernel, open a volume with io_uring?), removed at once. The probe itself
 runs without the sandbox, since it asks whether there is one. About
 0.2 s; the answer is cached under ``<cache>/qemu/`` keyed by the binary's path, inode, size
 and modification time, so a changed binary is probed again.
@@ -30,7 +32,7 @@ from podplug.model.qemu import QemuCapabilities, QemuFeature
 from podplug.vm.process import Accel, Confinement, Vm
 
 KATA_DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"  # Kata Makefile QEMUPATH, PREFIX=/usr
-PROBE_VERSION = 2
+PROBE_VERSION = 3
 
 #: feature -> (what to ask, type name, property name or None for "the type exists")
 FEATURE_PROBES: dict[QemuFeature, tuple[str, str, str | None]] = {
@@ -41,7 +43,9 @@ FEATURE_PROBES: dict[QemuFeature, tuple[str, str, str | None]] = {
     QemuFeature.NVME_PMR: ("device", "nvme", "pmrdev"),
     QemuFeature.MEMORY_NORESERVE: ("object", "memory-backend-ram", "reserve"),
     QemuFeature.SANDBOX: ("option", "sandbox", None),
+    QemuFeature.AIO_IO_URING: ("blockdev", "file", "aio=io_uring"),
 }
+_AIO_PROBE_NODE = "podplug-aio-probe"
 
 
 def resolve_qemu(configured: str, override: str | None, section: str) -> Path:
@@ -134,7 +138,10 @@ def _offered(vm: Vm) -> set[tuple[str, str, str | None]]:
     offered: set[tuple[str, str, str | None]] = set()
     properties: dict[str, set[str]] = {}
     for what, typename, prop in FEATURE_PROBES.values():
-        if what == "option":
+        if what == "blockdev":
+            if _opens_with_io_uring(vm):
+                offered.add((what, typename, prop))
+        elif what == "option":
             with contextlib.suppress(QmpCommandError):  # "invalid option name"
                 listed = vm.execute("query-command-line-options", {"option": typename})
                 if typename in _names(listed, "option"):
@@ -151,6 +158,21 @@ def _offered(vm: Vm) -> set[tuple[str, str, str | None]]:
             if prop in properties[typename]:
                 offered.add((what, typename, prop))
     return offered
+
+
+def _opens_with_io_uring(vm: Vm) -> bool:
+    """Open a 4 KiB file of the probe's own directory with ``aio=io_uring``, then close it."""
+    if vm.workdir is None:
+        return False
+    image = vm.workdir / "aio-probe.img"
+    image.write_bytes(bytes(4096))
+    try:
+        vm.execute("blockdev-add", {"driver": "file", "node-name": _AIO_PROBE_NODE,
+                                    "filename": str(image), "aio": "io_uring"})
+    except QmpCommandError:  # "Unable to use io_uring" or an aio enum without it
+        return False
+    vm.execute("blockdev-del", {"node-name": _AIO_PROBE_NODE})
+    return True
 
 
 def require(caps: QemuCapabilities, needed: frozenset[QemuFeature]) -> None:

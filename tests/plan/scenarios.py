@@ -51,6 +51,9 @@ class Scenario:
     bridges: int = 1
     hotplug: HotplugMode = HotplugMode.ACPI
     hypervisor: str = "qemu"
+    keys: tuple[tuple[str, object], ...] = ()  # more [hypervisor.*] keys (the block keys)
+    runtime_rs: bool = False
+    io_uring: bool = True  # can the QEMU that runs the plan use aio=io_uring here?
 
     def request(self) -> ContainerRequest:
         return request(*self.devices, sandbox=self.sandbox)
@@ -59,8 +62,10 @@ class Scenario:
         cfg = config(self.vfio_mode, self.cold, self.hot, self.driver,
                      root_ports=self.root_ports, switch_ports=self.switch_ports,
                      bridges=self.bridges, hypervisor=self.hypervisor,
-                     machine="q35" if self.hypervisor == "qemu" else "")
-        return plan(cfg, self.request(), self.host(), hotplug=self.hotplug)
+                     machine="q35" if self.hypervisor == "qemu" else "",
+                     extra=dict(self.keys), runtime_rs=self.runtime_rs)
+        return plan(cfg, self.request(), self.host(), hotplug=self.hotplug,
+                    io_uring=self.io_uring)
 
 
 GPU_AND_XDA = (vfio_control(), vfio_group(12), block(0, "/dev/xda"))
@@ -127,7 +132,32 @@ EXTRA = (
              root_ports=2, devices=GPU_AND_XDA, host=_big_bar_host),
 )
 
-ALL = SEED + MATRIX + EXTRA
+_SCSI_AND_BLK = (block(0, "/dev/xda"), block(1, "/dev/xdb"))
+
+# The Kata block keys (issue 14): what reaches blockdev-add in each runtime, and QEMU's
+# fallbacks (native without cache.direct; io_uring where the host has none).
+BLOCK_KEYS = (
+    Scenario("block-aio-threads", "guest-kernel", devices=_SCSI_AND_BLK,
+             keys=(("block_device_aio", "threads"),)),
+    Scenario("block-aio-native-cache-direct", "guest-kernel", devices=_SCSI_AND_BLK,
+             driver="virtio-scsi",
+             keys=(("block_device_aio", "native"), ("block_device_cache_set", True),
+                   ("block_device_cache_direct", True))),
+    Scenario("block-aio-native-without-direct-falls-back", "guest-kernel",
+             devices=_SCSI_AND_BLK, keys=(("block_device_aio", "native"),)),
+    Scenario("block-aio-io-uring-unavailable-falls-back", "guest-kernel",
+             devices=_SCSI_AND_BLK, io_uring=False),
+    Scenario("block-cache-set-noflush", "guest-kernel", devices=_SCSI_AND_BLK,
+             keys=(("block_device_cache_set", True), ("block_device_cache_noflush", True))),
+    Scenario("block-cache-direct-without-set-not-sent", "guest-kernel",
+             devices=_SCSI_AND_BLK, keys=(("block_device_cache_direct", True),)),
+    Scenario("block-runtime-rs-cache-direct-on-file-node", "guest-kernel", cold="root-port",
+             devices=_SCSI_AND_BLK, runtime_rs=True,
+             keys=(("block_device_aio", "native"), ("block_device_cache_set", True),
+                   ("block_device_cache_direct", True), ("block_device_cache_noflush", True))),
+)
+
+ALL = SEED + MATRIX + EXTRA + BLOCK_KEYS
 
 
 def golden(scenario: Scenario) -> dict[str, object]:
