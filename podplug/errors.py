@@ -17,6 +17,7 @@ with its own CLI exit code (``exit_code``)::
      ├── GuestImageError            exit 5   the guest kernel/initramfs could not be built
      ├── VmError                    exit 6   QEMU, QMP or the guest agent failed
      │    ├── QemuLaunchError       QEMU exited or never offered QMP
+     │    │    └── StorageDaemonError  ... qemu-storage-daemon; names the export
      │    ├── QmpCommandError       a QMP command returned an error
      │    ├── StateError            an operation was asked in the wrong lifecycle state
      │    ├── HotplugTimeout        the guest or QEMU did not confirm in time
@@ -221,6 +222,17 @@ class QemuLaunchError(VmError):
         self.output = output
         last = output.strip().splitlines()[-1] if output.strip() else "no output"
         super().__init__(f"QEMU: {problem} (exit code {exitcode}): {last}")
+
+
+class StorageDaemonError(QemuLaunchError):
+    """qemu-storage-daemon exited, or an export's socket never appeared
+    (:mod:`podplug.vm.storage_daemon`); ``export`` names the export it failed on."""
+
+    def __init__(self, export: str, problem: str, *, exitcode: int | None,
+                 argv: Sequence[str], output: str) -> None:
+        self.export = export
+        super().__init__(f"export {export}: {problem}", exitcode=exitcode, argv=argv,
+                         output=output)
 
 
 class QmpCommandError(VmError):

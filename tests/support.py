@@ -18,6 +18,7 @@ from podplug.model.host import (
     CharNode,
     HostInventory,
     PciFunction,
+    VhostUserNode,
 )
 from podplug.model.pci import CLASS_AUDIO, CLASS_DISPLAY_3D, CLASS_OTHER_BRIDGE, Bdf
 from podplug.model.request import ContainerDevice, ContainerRequest
@@ -139,6 +140,23 @@ def iommufd_dev(k: int) -> ContainerDevice:
 def block(minor: int, path: str = "") -> ContainerDevice:
     return ContainerDevice(path or f"/dev/xd{chr(ord('a') + minor)}", NodeType.BLOCK, 7, minor,
                            0o660)
+
+
+STORE = "/var/run/kata-containers/vhost-user"  # Kata's default vhost_user_store_path
+VHOST_ON = (("enable_vhost_user_store", True), ("enable_hugepages", True))
+
+
+def vhost_user(minor: int, path: str = "") -> ContainerDevice:
+    """A vhost-user-blk node of the spec (major 241, Kata ``VhostUserBlkMajor``)."""
+    return ContainerDevice(path or f"/dev/vub{minor}", NodeType.BLOCK, 241, minor, 0o660)
+
+
+def with_store(host: HostInventory, count: int = 1, *, present: bool = True,
+               store: str = STORE) -> HostInventory:
+    """``host`` with Kata's vhost-user store holding ``count`` devices 241:N named vubN."""
+    nodes = {(241, n): VhostUserNode(241, n, f"vub{n}", f"{store}/block/sockets/vub{n}",
+                                     present) for n in range(count)}
+    return replace(host, vhost_user_nodes=nodes, vhost_user_store=store)
 
 
 def request(*devices: ContainerDevice, sandbox: bool = False) -> ContainerRequest:

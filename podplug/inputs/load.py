@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -29,6 +29,7 @@ from podplug.host.sysfs import scan_host
 from podplug.inputs.cdi_defaults import DEFAULT_CDI_DIRS, DEV, requests_cdi
 from podplug.inputs.kata import RuntimeConfig, apply_annotations, parse_kata_text
 from podplug.inputs.oci import parse_oci_text
+from podplug.model.enums import NodeType
 from podplug.model.host import HostInventory
 from podplug.model.request import ContainerRequest
 
@@ -194,7 +195,24 @@ def load_inputs(
         registry = load_cdi_dirs(cdi_dirs)
         warnings = cdi_warnings(registry)
         request = with_cdi(request, registry, dev_root)
-    return Inputs(config, request, scan_host(sysfs_root), warnings)
+    return Inputs(config, request, with_vhost_user_store(scan_host(sysfs_root), config,
+                                                         request), warnings)
+
+
+def with_vhost_user_store(inventory: HostInventory, config: RuntimeConfig,
+                          request: ContainerRequest) -> HostInventory:
+    """The inventory with Kata's vhost-user store read, when the configuration enables it
+    and the spec names a vhost-user-blk node (major 241); else as it was."""
+    from podplug.host.vhost_store import scan_store
+    from podplug.plan.route import VHOST_USER_BLK_MAJOR
+
+    keys = config.hypervisor.block
+    wanted = any(d.type is NodeType.BLOCK and d.major == VHOST_USER_BLK_MAJOR
+                 for d in request.devices)
+    if not (keys.enable_vhost_user_store and wanted):
+        return inventory
+    store = keys.vhost_user_store_path
+    return replace(inventory, vhost_user_nodes=scan_store(store), vhost_user_store=store)
 
 
 def cdi_warnings(registry: CdiRegistry) -> tuple[str, ...]:

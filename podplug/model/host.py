@@ -83,6 +83,19 @@ class CharNode:
 
 
 @dataclass(frozen=True)
+class VhostUserNode:
+    """A vhost-user-blk device of Kata's store (``vhost_user_store_path``): the block node
+    ``<store>/block/devices/<name>`` (its major:minor is what the container spec names)
+    and the backend socket ``<store>/block/sockets/<name>`` (Kata ``getVhostUserHostPath``)."""
+
+    major: int
+    minor: int
+    name: str
+    socket: str
+    socket_present: bool  # a unix socket is there now (lstat; a link is not one)
+
+
+@dataclass(frozen=True)
 class HostInventory:
     """A snapshot of the host's PCI functions, IOMMU groups and device nodes."""
 
@@ -91,6 +104,8 @@ class HostInventory:
     block_nodes: Mapping[tuple[int, int], BlockNode] = field(default_factory=dict)
     char_nodes: Mapping[tuple[int, int], CharNode] = field(default_factory=dict)
     sysfs_root: str = "/sys"
+    vhost_user_nodes: Mapping[tuple[int, int], VhostUserNode] = field(default_factory=dict)
+    vhost_user_store: str = ""  # the store read ("" when none was: not enabled, not needed)
 
     @property
     def has_iommu(self) -> bool:

@@ -33,6 +33,8 @@ class QemuFeature(Enum):
     MEMORY_NORESERVE = "memory-backend-ram,reserve="
     SANDBOX = "-sandbox"  # QEMU built with libseccomp: every podplug VM runs under it
     AIO_IO_URING = "aio=io_uring"  # a volume's file node opened with io_uring, here
+    VHOST_USER_BLK = "vhost-user-blk-pci"  # QEMU built with vhost-user (Linux)
+    SHARED_RAM = "memory-backend-memfd"  # guest RAM a vhost-user backend can map
 
 
 @dataclass(frozen=True)

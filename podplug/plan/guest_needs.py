@@ -20,6 +20,7 @@ from podplug.plan.presentation import controller_device
 #: QEMU device model -> the group holding its guest driver
 DRIVER_GROUPS: dict[str, ModuleGroup] = {
     "virtio-blk-pci": ModuleGroup.BLK,
+    "vhost-user-blk-pci": ModuleGroup.BLK,  # a virtio-blk device to the guest
     "virtio-scsi-pci": ModuleGroup.SCSI,
     "scsi-hd": ModuleGroup.SCSI,
     "nvme": ModuleGroup.NVME,

@@ -80,6 +80,25 @@ class BlockdevNode:
 
 
 @dataclass(frozen=True)
+class Chardev:
+    """A socket chardev QEMU connects to a vhost-user backend with: QMP ``chardev-add``
+    before the device naming it, ``chardev-remove`` after the device is gone (QEMU
+    ``qapi/char.json`` ``ChardevSocket``; Kata ``ExecuteCharDevUnixSocketAdd``: a client,
+    ``reconnect`` only when ``vhost_user_reconnect_timeout_sec`` is set)."""
+
+    id: str
+    path: str  # the backend's unix socket
+    reconnect: int = 0  # seconds; 0: no reconnecting
+
+    def arguments(self) -> dict[str, object]:
+        data: dict[str, object] = {"addr": {"type": "unix", "data": {"path": self.path}},
+                                   "server": False}
+        if self.reconnect:
+            data["reconnect"] = self.reconnect
+        return {"id": self.id, "backend": {"type": "socket", "data": data}}
+
+
+@dataclass(frozen=True)
 class AgentDevice:
     """A kata-agent ``Device`` entry (``agent.proto``: id, type, vm_path, container_path,
     options), as the runtime would send it in ``CreateContainerRequest.devices``."""
@@ -124,7 +143,8 @@ class DevicePlan:
     guest_paths: tuple[GuestPciPath, ...] = ()  # one per plug unit (VFIO) or the block device
     functions: tuple[PlannedFunction, ...] = ()  # VFIO
     blockdev: BlockdevNode | None = None  # block
-    qemu: QemuDevice | None = None  # block: virtio-blk-pci or scsi-hd
+    qemu: QemuDevice | None = None  # block: virtio-blk-pci, scsi-hd or vhost-user-blk-pci
+    chardev: Chardev | None = None  # vhost-user-blk: the backend's socket
     scsi_address: str | None = None  # "scsi-id:lun"
     agent: AgentDevice | None = None
     notes: tuple[str, ...] = ()
@@ -158,6 +178,11 @@ class Plan:
     devices: tuple[DevicePlan, ...]  # one per request, in request order
     guest_iommu: bool  # vfio mode with VFIO devices: the guest needs a virtual IOMMU
     hotplug: HotplugMode = HotplugMode.ACPI
+
+    @property
+    def shared_memory(self) -> bool:
+        """vhost-user backends map guest RAM: it must be a shared memory backend."""
+        return any(d.chardev is not None for d in self.devices)
 
     def in_bucket(self, bucket: Bucket) -> tuple[DevicePlan, ...]:
         return tuple(d for d in self.devices if d.bucket is bucket)

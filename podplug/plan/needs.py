@@ -24,6 +24,8 @@ DEVICE_FEATURES: dict[tuple[str, str], QemuFeature] = {
     ("pci-bridge", "mem-reserve"): QemuFeature.MEM_RESERVE,
     ("nvme", "pmrdev"): QemuFeature.NVME_PMR,
 }
+#: device driver -> the feature the driver itself is
+DRIVER_FEATURES: dict[str, QemuFeature] = {"vhost-user-blk-pci": QemuFeature.VHOST_USER_BLK}
 #: (object type, property or None for the type itself) -> feature
 OBJECT_FEATURES: dict[tuple[str, str | None], QemuFeature] = {
     ("iommufd", None): QemuFeature.IOMMUFD_OBJECT,
@@ -37,6 +39,8 @@ def device_needs(devices: Iterable[QemuDevice]) -> frozenset[QemuFeature]:
     for device in devices:
         needs |= {f for (driver, prop), f in DEVICE_FEATURES.items()
                   if driver == device.driver and prop in dict(device.props)}
+        if device.driver in DRIVER_FEATURES:
+            needs.add(DRIVER_FEATURES[device.driver])
         for obj in device.objects:
             needs |= {f for (kind, prop), f in OBJECT_FEATURES.items()
                       if kind == obj.qom_type and (prop is None or prop in dict(obj.props))}
@@ -50,4 +54,5 @@ def qemu_needs(plan: Plan, *,
     created = [controller_device(c) for c in plan.topology.controllers]
     created += keeper_devices(plan.topology.controllers)
     created += [device(q) for d in plan.devices for q in d.qemu_devices]
-    return device_needs(created)
+    shared = {QemuFeature.SHARED_RAM} if plan.shared_memory else set()
+    return device_needs(created) | shared

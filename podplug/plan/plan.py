@@ -17,7 +17,13 @@ as podplug boots only QEMU.
 Placement of block volumes (``block_device_driver``): ``virtio-blk`` goes on a ``pci-bridge``
 slot when ``default_bridges`` > 0 (Kata's choice) and hot-plug is ACPI, else on a root port
 of its own;
-``virtio-scsi`` becomes a LUN on the ``scsi0`` controller made at boot.
+``virtio-scsi`` becomes a LUN on the ``scsi0`` controller made at boot. A vhost-user-blk
+volume (``enable_vhost_user_store``) is ``vhost-user-blk-pci`` whatever the driver, placed
+as a virtio-blk one (Kata's ``hotplugAddVhostUserBlkDevice`` uses a bridge slot on q35),
+after a ``chardev-add`` of its backend's socket; its guest RAM is then shared
+(:attr:`Plan.shared_memory`). The Go runtime refuses ``enable_vhost_user_store`` without
+``enable_hugepages`` (its file-backed huge pages are how it shares RAM); podplug shares it
+through ``memory-backend-memfd,share=on`` and says so.
 """
 
 from __future__ import annotations
@@ -42,13 +48,21 @@ from podplug.model.host import HostInventory
 from podplug.model.pci import Bdf, GuestPciPath
 from podplug.model.request import ContainerRequest
 from podplug.plan.blockdev import BlockdevShape, blockdev_shape
-from podplug.plan.model import AgentDevice, BlockdevNode, DevicePlan, Plan, PlannedFunction
+from podplug.plan.model import (
+    AgentDevice,
+    BlockdevNode,
+    Chardev,
+    DevicePlan,
+    Plan,
+    PlannedFunction,
+)
 from podplug.plan.presentation import (
     disk_name,
     scsi_address,
     scsi_hd_device,
     vfio_agent_device,
     vfio_functions,
+    vhost_user_blk_device,
     virtio_blk_device,
 )
 from podplug.plan.route import PortChoice, Routed, route
@@ -82,6 +96,34 @@ def _check_platform(config: RuntimeConfig) -> None:
     if hv.kind is Hypervisor.QEMU and hv.machine_type not in PLANNED_MACHINES:
         raise UnsupportedPlatform(f"[{hv.section}] machine_type", hv.machine_type,
                                   PLANNED_MACHINES)
+
+
+def vhost_user_refusal(config: RuntimeConfig) -> str | None:
+    """Why this configuration plans no vhost-user-blk volume, or None when it does."""
+    hv = config.hypervisor
+    keys = hv.block
+    if hv.kind is not Hypervisor.QEMU:
+        return "vhost-user-blk (major 241): Kata plugs vhost-user storage only with QEMU"
+    if config.runtime is KataRuntime.RUST:
+        return ("vhost-user-blk (major 241): runtime-rs has no major-241 rule for "
+                "linux.devices (its SPDK volumes are direct volumes, which podplug does not "
+                "read)")
+    if not keys.enable_vhost_user_store:
+        return (f"vhost-user-blk (major 241) needs enable_vhost_user_store = true in "
+                f"[{hv.section}], with its backend socket under vhost_user_store_path "
+                f"({keys.vhost_user_store_path}/block/sockets)")
+    return None
+
+
+def _vhost_user_notes(config: RuntimeConfig) -> tuple[str, ...]:
+    keys = config.hypervisor.block
+    section = config.hypervisor.section
+    if keys.enable_hugepages:
+        return (f"[{section}] enable_hugepages: podplug shares guest RAM with "
+                "memory-backend-memfd,share=on, without huge pages",)
+    return (f"[{section}] enable_vhost_user_store without enable_hugepages: Kata's Go "
+            "runtime refuses to start such a VM; podplug shares guest RAM with "
+            "memory-backend-memfd,share=on instead",)
 
 
 def _reject_repeats(routed: tuple[Routed, ...]) -> tuple[Routed, ...]:
@@ -128,7 +170,8 @@ def plan(
         choice = PortChoice(section=hv.section)
     routed = _reject_repeats(route(request, inventory, vfio_mode=config.vfio_mode,
                                    cold=hv.cold_plug_vfio, hot=hv.hot_plug_vfio,
-                                   hotplug=hotplug, choice=choice))
+                                   hotplug=hotplug, choice=choice,
+                                   vhost_refusal=vhost_user_refusal(config)))
     port = hv.vfio_port
     flat = hv.kind is Hypervisor.CLOUD_HYPERVISOR
     units: dict[int, tuple[PlugUnit, ...]] = {}
@@ -142,16 +185,16 @@ def plan(
                 (on_ports if wants_port else on_bridges).append((index, unit))
     blocks = [i for i, r in enumerate(routed) if r.bucket is Bucket.HOT_BLOCK]
     virtio_blk = hv.block_device_driver is BlockDriver.VIRTIO_BLK
-    blk_on_bridges = (virtio_blk and hv.default_bridges > 0 and hotplug is HotplugMode.ACPI
-                      and not flat)
+    pci_volumes = [i for i in blocks if virtio_blk or routed[i].vhost is not None]
+    blk_on_bridges = hv.default_bridges > 0 and hotplug is HotplugMode.ACPI and not flat
     hot = hv.hot_plug_vfio is not PortKind.NO_PORT
     bridge_functions = [f for _, u in on_bridges for f in u.functions]
     demand = Demand(
         vfio_port_units=len(on_ports),
         vfio_on_switch=port is PortKind.SWITCH_PORT,
         bridge_units=len(on_bridges),
-        block_on_bridges=len(blocks) if blk_on_bridges else 0,
-        block_on_ports=len(blocks) if virtio_blk and not blk_on_bridges else 0,
+        block_on_bridges=len(pci_volumes) if blk_on_bridges else 0,
+        block_on_ports=0 if blk_on_bridges else len(pci_volumes),
         root_ports=hv.pcie_root_port,
         switch_ports=hv.pcie_switch_port,
         bridges=hv.default_bridges,
@@ -162,7 +205,7 @@ def plan(
         spare_window=spare_window(inventory, spare_floor) if hot else Window(),
         spare_keeper=spare_keeper_size(inventory, spare_floor) if hot else 0,
     )
-    topology = (build_flat_topology(len(on_ports), len(blocks)) if flat
+    topology = (build_flat_topology(len(on_ports), len(pci_volumes)) if flat
                 else build_topology(demand))
 
     port_targets = iter(topology.vfio_targets)
@@ -177,12 +220,15 @@ def plan(
     iommufd_objects: list[str] = []
     ports = {c.id: c for c in topology.controllers}
     planned: list[DevicePlan] = []
-    block_index = 0
+    block_index = vhost_index = 0
     shape = blockdev_shape(config, io_uring=io_uring)
     for index, item in enumerate(routed):
         if index in units:
             planned.append(_vfio_plan(item, units[index], index, unit_targets, config,
                                       request.is_sandbox, iommufd_objects, ports))
+        elif item.bucket is Bucket.HOT_BLOCK and item.vhost is not None:
+            planned.append(_vhost_user_plan(item, vhost_index, block_targets, config))
+            vhost_index += 1
         elif item.bucket is Bucket.HOT_BLOCK:
             planned.append(_block_plan(item, block_index, virtio_blk, block_targets, shape))
             block_index += 1
@@ -244,6 +290,25 @@ def _vfio_plan(
         source, tuple(functions), item.device.path, config.vfio_mode)
     return DevicePlan(item.device, item.bucket, item.reason, item.in_spec, tuple(paths),
                       tuple(functions), agent=agent, notes=tuple(notes))
+
+
+def _vhost_user_plan(item: Routed, index: int, targets: Iterator[Target],
+                     config: RuntimeConfig) -> DevicePlan:
+    """A vhost-user-blk volume: its backend's socket, the PCI device, and the agent entry
+    Kata sends for it (``appendVhostUserBlkDevice``: type ``blk``, id the PCI path, no
+    ``vm_path``)."""
+    assert item.vhost is not None
+    target = next(targets)
+    chardev = Chardev(f"char-vublk{index}", item.vhost.socket,
+                      config.hypervisor.block.vhost_user_reconnect_timeout_sec)
+    notes = list(_vhost_user_notes(config))
+    if not item.vhost.socket_present:
+        notes.append(f"no backend listens at {item.vhost.socket} yet: Kata fails the "
+                     "container if none does when it starts")
+    agent = AgentDevice(str(target.path), AgentDeviceType.BLK, "", item.device.path)
+    return DevicePlan(item.device, item.bucket, item.reason, item.in_spec, (target.path,),
+                      qemu=vhost_user_blk_device(index, chardev.id, target), chardev=chardev,
+                      agent=agent, notes=tuple(notes))
 
 
 def _block_plan(

@@ -100,6 +100,14 @@ def virtio_blk_device(index: int, node_name: str, target: Target) -> QemuDevice:
     ))
 
 
+def vhost_user_blk_device(index: int, chardev: str, target: Target) -> QemuDevice:
+    """``vhost-user-blk-pci`` (the disk's geometry and serial come from the backend)."""
+    return QemuDevice("vhost-user-blk-pci", (
+        ("id", f"vublk{index}"), ("chardev", chardev), ("bus", target.bus),
+        ("addr", f"{target.addr:02x}.0"),
+    ))
+
+
 def scsi_address(index: int) -> tuple[int, int]:
     """Kata's virtio-scsi address for the Nth volume: (scsi-id, lun) = divmod(N, 256)."""
     return divmod(index, 256)

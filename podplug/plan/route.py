@@ -17,8 +17,11 @@ Rules, in order:
      never carries VFIO entries (Kata PR #13681): rejected with that reason.
    * neither: rejected, naming the keys to set.
 2. A block node (type ``b``) whose major:minor the host has is ``HOT_BLOCK``. Floppy (2) and
-   CD-ROM (11) majors are rejected (Kata's ``filterDevices`` drops them silently), as is
-   vhost-user-blk (241), which podplug does not plug.
+   CD-ROM (11) majors are rejected (Kata's ``filterDevices`` drops them silently). Major
+   241 is a vhost-user-blk device (Kata ``VhostUserBlkMajor``): with the store enabled it
+   is ``HOT_BLOCK`` when Kata's store has its node (``block/devices/<name>``, resolved to
+   ``block/sockets/<name>``), else rejected naming the store; without it, rejected with
+   the plan's reason (:func:`podplug.plan.plan.vhost_user_refusal`).
 3. Everything else (``/dev/vfio/vfio``, ``/dev/iommu``, other char devices, FIFOs) is a
    plain ``NODE``; in guest-kernel mode ``/dev/vfio/*`` nodes leave the spec (Kata
    ``constrainGRPCSpec(stripVfio=true)``).
@@ -29,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from podplug.model.enums import Bucket, HotplugMode, NodeType, PortKind, VfioKind, VfioMode
-from podplug.model.host import BlockNode, HostInventory, PciFunction
+from podplug.model.host import BlockNode, HostInventory, PciFunction, VhostUserNode
 from podplug.model.pci import Bdf
 from podplug.model.request import ContainerDevice, ContainerRequest
 from podplug.model.text import is_ascii_digits, shown
@@ -62,6 +65,7 @@ class Routed:
     reason: str
     vfio: VfioSource | None = None
     block: BlockNode | None = None
+    vhost: VhostUserNode | None = None  # a vhost-user-blk volume: its store entry
     in_spec: bool = True  # does the node stay in the container's spec?
 
 
@@ -180,14 +184,32 @@ def _route_vfio(
                   vfio=source)
 
 
-def _route_block(device: ContainerDevice, inventory: HostInventory) -> Routed:
+VHOST_USER_OFF = "a vhost-user-blk node (major 241) needs enable_vhost_user_store = true"
+
+
+def _route_vhost_user(device: ContainerDevice, inventory: HostInventory,
+                      refusal: str | None) -> Routed:
+    if refusal is not None:
+        return Routed(device, Bucket.REJECTED, refusal)
+    node = inventory.vhost_user_nodes.get((device.major, device.minor))
+    if node is None:
+        store = inventory.vhost_user_store or "vhost_user_store_path"
+        return Routed(device, Bucket.REJECTED,
+                      f"no vhost-user device node {device.major}:{device.minor} in "
+                      f"{shown(store, 80)}/block/devices (Kata getVhostUserHostPath)")
+    return Routed(device, Bucket.HOT_BLOCK,
+                  f"vhost-user-blk, backend {shown(node.socket, 80)}: hot-plugged as "
+                  "vhost-user-blk-pci", vhost=node)
+
+
+def _route_block(device: ContainerDevice, inventory: HostInventory,
+                 vhost_refusal: str | None) -> Routed:
     if device.major in (FLOPPY_MAJOR, CDROM_MAJOR):
         return Routed(device, Bucket.REJECTED,
                       f"major {device.major} (floppy/CD-ROM) is not passed to VMs "
                       "(Kata filterDevices drops it; podplug says so)")
     if device.major == VHOST_USER_BLK_MAJOR:
-        return Routed(device, Bucket.REJECTED,
-                      "vhost-user-blk (major 241) is not supported by podplug")
+        return _route_vhost_user(device, inventory, vhost_refusal)
     node = inventory.block_nodes.get((device.major, device.minor))
     if node is None:
         return Routed(device, Bucket.REJECTED,
@@ -200,17 +222,19 @@ def route_device(
     device: ContainerDevice, request: ContainerRequest, inventory: HostInventory,
     *, vfio_mode: VfioMode, cold: PortKind, hot: PortKind,
     hotplug: HotplugMode = HotplugMode.ACPI, choice: PortChoice = PortChoice(),
+    vhost_refusal: str | None = VHOST_USER_OFF,
 ) -> Routed:
-    """Route one device. Pure; the same inputs always give the same bucket."""
+    """Route one device. Pure; the same inputs always give the same bucket.
+    ``vhost_refusal``: why vhost-user-blk nodes are refused, None when they are planned."""
     if is_vfio_path(device.path):
         routed = _route_vfio(device, request, inventory, cold, hot, hotplug, choice)
     elif device.type is NodeType.BLOCK:
-        routed = _route_block(device, inventory)
+        routed = _route_block(device, inventory, vhost_refusal)
     else:
         routed = Routed(device, Bucket.NODE, "plain device node, passed in the spec")
     if device.path.startswith(VFIO_DIR) and vfio_mode is VfioMode.GUEST_KERNEL:
         routed = Routed(routed.device, routed.bucket, routed.reason, routed.vfio, routed.block,
-                        in_spec=False)
+                        routed.vhost, in_spec=False)
     return routed
 
 
@@ -218,10 +242,11 @@ def route(
     request: ContainerRequest, inventory: HostInventory,
     *, vfio_mode: VfioMode, cold: PortKind, hot: PortKind,
     hotplug: HotplugMode = HotplugMode.ACPI, choice: PortChoice = PortChoice(),
+    vhost_refusal: str | None = VHOST_USER_OFF,
 ) -> tuple[Routed, ...]:
     """Route every device of ``request``; one :class:`Routed` per input, in input order."""
     return tuple(
         route_device(d, request, inventory, vfio_mode=vfio_mode, cold=cold, hot=hot,
-                     hotplug=hotplug, choice=choice)
+                     hotplug=hotplug, choice=choice, vhost_refusal=vhost_refusal)
         for d in request.devices
     )

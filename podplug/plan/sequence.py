@@ -2,14 +2,16 @@
 
 Pure: it decides, :mod:`podplug.vm.hotplug` carries the steps out. Rules:
 
-* A volume is ``blockdev-add`` then ``device_add``; a VFIO slot is functions 1-7 first and
+* A volume is ``blockdev-add`` then ``device_add``; a vhost-user-blk volume is
+  ``chardev-add`` (the backend's socket) then ``device_add``; a VFIO slot is functions 1-7 first and
   function 0 last (QEMU announces the slot when function 0 arrives; anchors §1.5).
 * Every ``device_add`` on a PCI bus names the guest PCI path the plan predicts, so the shell
   can read the real one back (QOM ``addr``/``parent_bus``) and refuse a mismatch.
 * A QOM object a device needs (an iommufd, a memory backend) is ``object-add``-ed just
   before the first device naming it and ``object-del``-ed after the last one is gone.
 * Unplug is the reverse: ``device_del`` of function 0 ejects the whole slot (each function
-  reports its own ``DEVICE_DELETED``), then ``blockdev-del``, then the objects.
+  reports its own ``DEVICE_DELETED``), then ``blockdev-del`` or ``chardev-remove``, then
+  the objects. A vhost-user backend is stopped only after its ``chardev-remove``.
 * Before anything is hot-plugged, the window keepers leave (``device_del``, then the
   memory backend): their ports keep the windows firmware sized for them
   (:mod:`podplug.plan.windows`).
@@ -27,16 +29,18 @@ from enum import Enum
 
 from podplug.model.enums import Bucket
 from podplug.model.pci import GuestPciPath
-from podplug.plan.model import BlockdevNode, DevicePlan, Plan, QemuDevice
+from podplug.plan.model import BlockdevNode, Chardev, DevicePlan, Plan, QemuDevice
 from podplug.plan.presentation import keeper_devices
 
 
 class StepKind(Enum):
     OBJECT_ADD = "object-add"
     BLOCKDEV_ADD = "blockdev-add"
+    CHARDEV_ADD = "chardev-add"
     DEVICE_ADD = "device_add"
     DEVICE_DEL = "device_del"
     BLOCKDEV_DEL = "blockdev-del"
+    CHARDEV_REMOVE = "chardev-remove"
     OBJECT_DEL = "object-del"
 
 
@@ -69,10 +73,11 @@ def plug_steps(
     *,
     device: Callable[[QemuDevice], QemuDevice] = lambda q: q,
     drive: Callable[[BlockdevNode], BlockdevNode] = lambda n: n,
+    chardev: Callable[[Chardev], Chardev] = lambda c: c,
 ) -> tuple[Step, ...]:
-    """The steps that plug ``devices``; ``device``/``drive`` map what is plugged (stand-ins,
-    backing files) without changing where. The objects a mapped device names are created
-    just before it (``object-add``)."""
+    """The steps that plug ``devices``; ``device``/``drive``/``chardev`` map what is
+    plugged (stand-ins, backing files, a backend's socket) without changing where. The
+    objects a mapped device names are created just before it (``object-add``)."""
     steps: list[Step] = []
     objects: set[str] = set()
     for planned in devices:
@@ -80,6 +85,9 @@ def plug_steps(
         if planned.blockdev is not None:
             node = drive(planned.blockdev)
             steps.append(Step(StepKind.BLOCKDEV_ADD, node.node_name, path, node.arguments()))
+        if planned.chardev is not None:
+            char = chardev(planned.chardev)
+            steps.append(Step(StepKind.CHARDEV_ADD, char.id, path, char.arguments()))
         paths = {f.qemu.id: f.guest_path for f in planned.functions}
         for qemu in planned.plug_order:
             expect = paths.get(qemu.id) or (planned.guest_paths[0] if planned.guest_paths
@@ -103,6 +111,9 @@ def undo(done: Sequence[Step]) -> tuple[Step, ...]:
         elif step.kind is StepKind.BLOCKDEV_ADD:
             steps.append(Step(StepKind.BLOCKDEV_DEL, step.subject, step.container_path,
                               {"node-name": step.subject}))
+        elif step.kind is StepKind.CHARDEV_ADD:
+            steps.append(Step(StepKind.CHARDEV_REMOVE, step.subject, step.container_path,
+                              {"id": step.subject}))
         elif step.kind is StepKind.OBJECT_ADD:
             steps.append(Step(StepKind.OBJECT_DEL, step.subject, step.container_path,
                               {"id": step.subject}))
@@ -129,6 +140,9 @@ def unplug_steps(
         if planned.blockdev is not None:
             name = planned.blockdev.node_name
             steps.append(Step(StepKind.BLOCKDEV_DEL, name, path, {"node-name": name}))
+        if planned.chardev is not None:
+            name = planned.chardev.id
+            steps.append(Step(StepKind.CHARDEV_REMOVE, name, path, {"id": name}))
         steps += _object_dels((device(q) for q in planned.qemu_devices), path)
     return tuple(steps)
 

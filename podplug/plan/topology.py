@@ -114,8 +114,8 @@ class Demand:
     vfio_port_units: int = 0  # PCIe VFIO units needing a root or downstream port
     vfio_on_switch: bool = False  # those units go to switch downstream ports
     bridge_units: int = 0  # units placed on pci-bridge slots (bridge-port, or legacy PCI)
-    block_on_bridges: int = 0  # virtio-blk volumes on bridge slots
-    block_on_ports: int = 0  # virtio-blk volumes on root ports of their own
+    block_on_bridges: int = 0  # PCI volumes (virtio-blk, vhost-user-blk) on bridge slots
+    block_on_ports: int = 0  # PCI volumes on root ports of their own
     root_ports: int = 0  # configured pcie_root_port
     switch_ports: int = 0  # configured pcie_switch_port
     bridges: int = 0  # configured default_bridges

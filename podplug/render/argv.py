@@ -1,11 +1,13 @@
 """The QEMU command line for the boot topology and the cold-plugged devices.
 
-Order: machine, virtual IOMMU (it must precede the PCI devices it translates), topology
-controllers in root-bus order, the window keepers of downstream ports (each after its
-memory backend), then the cold-plugged VFIO functions, each after the objects it names
-(iommufd, a stand-in's memory backend); host order is kept (functions 1-7 of a slot before
-function 0 makes no difference on the command line). Hot-plugged devices are not here: see
-:mod:`podplug.render.qmp`.
+Order: machine (with ``memory-backend=`` naming a shared ``memory-backend-memfd`` when a
+vhost-user backend maps guest RAM: QEMU ``docs/system/devices/vhost-user.rst``, a shared
+memory object the size of ``-m``), virtual IOMMU (it must precede the PCI devices it
+translates), topology controllers in root-bus order, the window keepers of downstream
+ports (each after its memory backend), then the cold-plugged VFIO functions, each after the
+objects it names (iommufd, a stand-in's memory backend); host order is kept (functions 1-7
+of a slot before function 0 makes no difference on the command line). Hot-plugged devices
+are not here: see :mod:`podplug.render.qmp`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ from podplug.plan.model import Plan, PropValue, QemuDevice, QemuObject
 from podplug.plan.presentation import controller_device, keeper_devices
 
 GUEST_IOMMU = QemuDevice("intel-iommu", (("intremap", "on"), ("caching-mode", "on")))
+DEFAULT_MEMORY_MIB = 2048  # Kata default_memory
+GUEST_RAM = "podplug-ram"
+
+
+def guest_ram(memory_mib: int) -> QemuObject:
+    """Guest RAM a vhost-user backend can map: a memfd shared with the backend."""
+    return QemuObject("memory-backend-memfd", GUEST_RAM,
+                      (("size", f"{memory_mib}M"), ("share", True)))
 
 
 def _value(value: PropValue) -> str:
@@ -37,18 +47,24 @@ def object_arg(obj: QemuObject) -> str:
 
 
 def render_argv(
-    plan: Plan, device: Callable[[QemuDevice], QemuDevice] | None = None
+    plan: Plan, device: Callable[[QemuDevice], QemuDevice] | None = None, *,
+    memory_mib: int = DEFAULT_MEMORY_MIB,
 ) -> list[str]:
     """The planned part of the QEMU command line (no kernel, accel, QMP or agent socket).
 
     :param device: maps each cold-plugged device before rendering (the emulated stand-ins of
         :mod:`podplug.plan.standin`, which name objects of their own).
+    :param memory_mib: the guest's RAM (``-m``), which a shared backend must match.
     """
     if plan.config.hypervisor.kind is not Hypervisor.QEMU:
         raise UnsupportedPlatform("QEMU command line for hypervisor",
                                   plan.config.hypervisor.kind.value, ["qemu"])
     machine = "q35,kernel-irqchip=split" if plan.guest_iommu else "q35"
-    argv = ["-machine", machine]
+    argv = []
+    if plan.shared_memory:
+        machine += f",memory-backend={GUEST_RAM}"
+        argv += ["-object", object_arg(guest_ram(memory_mib))]
+    argv += ["-machine", machine]
     if plan.guest_iommu:
         argv += ["-device", device_arg(GUEST_IOMMU)]
     for controller in plan.topology.controllers:

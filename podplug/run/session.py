@@ -96,7 +96,7 @@ def guest_argv(plan: Plan, image: GuestImage, sock: Path, *,
     argv = [
         "-cpu", "host" if accel is Accel.KVM else "max", "-smp", "1", "-m", str(memory_mib),
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
-        *render_argv(plan, device),
+        *render_argv(plan, device, memory_mib=memory_mib),
         "-device", "virtio-serial-pci,id=vser0,bus=pcie.0,addr=01.0",
         "-chardev", f"socket,id=agentch,path={sock},server=on,wait=off",
         "-device", f"virtserialport,bus=vser0.0,chardev=agentch,name={AGENT_PORT}",

@@ -44,6 +44,8 @@ FEATURE_PROBES: dict[QemuFeature, tuple[str, str, str | None]] = {
     QemuFeature.MEMORY_NORESERVE: ("object", "memory-backend-ram", "reserve"),
     QemuFeature.SANDBOX: ("option", "sandbox", None),
     QemuFeature.AIO_IO_URING: ("blockdev", "file", "aio=io_uring"),
+    QemuFeature.VHOST_USER_BLK: ("device", "vhost-user-blk-pci", None),
+    QemuFeature.SHARED_RAM: ("object", "memory-backend-memfd", None),
 }
 _AIO_PROBE_NODE = "podplug-aio-probe"
 

@@ -22,6 +22,7 @@ from podplug.render.qmp import render_qmp
 from podplug.render.tree import render_tree
 from tests.support import (
     PREF64,
+    VHOST_ON,
     block,
     config,
     inventory,
@@ -29,6 +30,8 @@ from tests.support import (
     request,
     vfio_control,
     vfio_group,
+    vhost_user,
+    with_store,
 )
 
 MODES = ("vfio", "guest-kernel")
@@ -157,7 +160,28 @@ BLOCK_KEYS = (
                    ("block_device_cache_direct", True), ("block_device_cache_noflush", True))),
 )
 
-ALL = SEED + MATRIX + EXTRA + BLOCK_KEYS
+# vhost-user-blk (issue 14): a raw volume, and a vhost-user-blk one from Kata's store.
+_RAW_AND_VHOST = (block(0, "/dev/xda"), block(1, "/dev/xdb"), vhost_user(0, "/dev/vub0"))
+VHOST_USER = (
+    Scenario("vhost-user-blk-seed-virtio-blk", "vfio", cold="root-port",
+             devices=(*GPU_AND_XDA, vhost_user(0)), keys=VHOST_ON,
+             host=lambda: with_store(inventory(1, 2, blocks=1))),
+    Scenario("vhost-user-blk-beside-scsi-volumes", "guest-kernel", driver="virtio-scsi",
+             devices=_RAW_AND_VHOST, keys=(*VHOST_ON, ("vhost_user_reconnect_timeout_sec", 5)),
+             host=lambda: with_store(inventory(0, blocks=2))),
+    Scenario("vhost-user-blk-no-bridges-own-root-port", "guest-kernel", bridges=0,
+             devices=_RAW_AND_VHOST, keys=(("enable_vhost_user_store", True),),
+             host=lambda: with_store(inventory(0, blocks=2), present=False)),
+    Scenario("vhost-user-blk-store-disabled-rejected", "guest-kernel", devices=_RAW_AND_VHOST,
+             host=lambda: with_store(inventory(0, blocks=2))),
+    Scenario("vhost-user-blk-not-in-store-rejected", "guest-kernel", devices=_RAW_AND_VHOST,
+             keys=VHOST_ON, host=lambda: inventory(0, blocks=2)),
+    Scenario("vhost-user-blk-runtime-rs-rejected", "guest-kernel", cold="root-port",
+             devices=_RAW_AND_VHOST, keys=VHOST_ON, runtime_rs=True,
+             host=lambda: with_store(inventory(0, blocks=2))),
+)
+
+ALL = SEED + MATRIX + EXTRA + BLOCK_KEYS + VHOST_USER
 
 
 def golden(scenario: Scenario) -> dict[str, object]:
