@@ -204,24 +204,28 @@ def _bar_problems(where: str, shapes: Sequence[Bar], seen: FunctionSeen) -> list
 
 
 def volume_problems(device: DevicePlan, entry: AgentDevice, resolution: Resolution,
-                    seen: VolumeSeen, host: VolumeFacts) -> list[str]:
+                    seen: VolumeSeen, host: VolumeFacts | None) -> list[str]:
     """Every difference between a volume entry's resolution and the plan (empty: proven):
-    the disk is the planned device (its serial), of the host volume's size, with the host's
-    bytes at its first and last 4 KiB; and, when they ran, the write and filesystem checks
-    passed."""
+    the disk is the planned device (its serial, when QEMU sets one: a vhost-user-blk disk's
+    comes from its back end), of the host volume's size, with the host's bytes at its first
+    and last 4 KiB (``host`` None: a back end not podplug's, read but not compared); and,
+    when they ran, the write and filesystem checks passed."""
     path = device.request.path
     problems = []
     if resolution.type != entry.type.value:
         problems.append(f"{path}: entry type {entry.type.value} resolved as {resolution.type}")
     assert device.qemu is not None
-    serial = str(dict(device.qemu.props).get("serial", ""))
-    if seen.serial != serial:
+    serial = dict(device.qemu.props).get("serial")
+    if serial is not None and seen.serial != str(serial):
         problems.append(f"{path}: the entry resolved to {resolution.vm_path}, whose serial is "
                         f"{seen.serial!r}, not the planned device's {serial!r}")
-    if seen.ro.get("size") != str(host.size):
+    if host is None:
+        if not all(seen.ro.get(part) for part in ("size", "head", "tail")):
+            problems.append(f"{path}: {resolution.vm_path} could not be read ({seen.ro})")
+    elif seen.ro.get("size") != str(host.size):
         problems.append(f"{path}: {resolution.vm_path} is {seen.ro.get('size')} bytes, the "
                         f"host volume {host.path} {host.size}")
-    for part in ("head", "tail"):
+    for part in ("head", "tail") if host is not None else ():
         if seen.ro.get(part) != getattr(host, part):
             where = "first" if part == "head" else "last"
             problems.append(f"{path}: the {where} 4 KiB of {resolution.vm_path} differ from "

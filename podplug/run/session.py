@@ -47,6 +47,7 @@ from podplug.plan.sequence import (
 from podplug.plan.standin import STANDIN_VENDOR_DEVICE, stand_ins
 from podplug.plan.windows import DEFAULT_SPARE_WINDOW, Window
 from podplug.render.argv import render_argv
+from podplug.run.backends import Backend, plan_backends
 from podplug.run.confine import UNPRIVILEGED_USER, Account, confinement_for
 from podplug.run.handover import BootFiles, boot_files, fdset_drives
 from podplug.run.report import DeviceRow, RunReport
@@ -55,8 +56,9 @@ from podplug.run.volumes import Depth, VolumePolicy, depth_for, drive_for
 from podplug.vm.accel import choose_accel, probe_kvm
 from podplug.vm.hotplug import UNPLUG_TIMEOUT_S, StepResult, carry, carry_batch, unplug_batch
 from podplug.vm.probe import probe_qemu, require, resolve_qemu
-from podplug.vm.process import Accel, Vm
+from podplug.vm.process import Accel, Confinement, Vm
 from podplug.vm.qompath import read_placements
+from podplug.vm.storage_daemon import StorageDaemon, storage_daemon_binary
 
 AGENT_PORT = "podplug.agent"
 CONTAINER_DIR = "/run/podplug/ctr"
@@ -191,17 +193,25 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
             boot_files(str(image.kernel), str(image.initramfs)) as boot:
         if confinement.user is not None:
             os.chown(tmp, *confinement.user)  # QEMU makes the agent socket here
+        backends = plan_backends(plan, Path(tmp), confinement.user)
+        for backend in backends.values():
+            notes.append(backend.note)
+            clock.say(backend.note)
+        exports = [b.export for b in backends.values() if b.export is not None]
+        daemon = StorageDaemon(exports, binary=storage_daemon_binary(str(qemu)),
+                               confinement=Confinement(sandbox=False, user=confinement.user),
+                               tmp_parent=tmp) if exports else contextlib.nullcontext()
         sock = Path(tmp) / "agent.sock"
         argv = guest_argv(plan, image, sock, device=mapping if emulate else None,
                           memory_mib=options.memory_mib, accel=accel, boot=boot)
         clock.say("booting VM")
         where = _Where()
-        with clock.phase("vm_total"), Vm(argv, accel=accel, qemu_binary=str(qemu),
-                                         tmp_parent=tmp, confinement=confinement,
-                                         pass_fds=boot.fds) as vm:
+        with daemon, clock.phase("vm_total"), \
+                Vm(argv, accel=accel, qemu_binary=str(qemu), tmp_parent=tmp,
+                   confinement=confinement, pass_fds=boot.fds) as vm:  # QEMU ends first
             try:
                 rows = _run_in_vm(vm, plan, inputs, options, clock, sock, emulate, mapping,
-                                  drives, where)
+                                  drives, where, backends)
             except VmError as exc:
                 code = vm.exit_code
                 raise RunFailed(exc, phase=where.phase, device=where.device, step=where.step,
@@ -236,7 +246,8 @@ def plan_drives(plan: Plan, inventory: HostInventory,
     host volume's facts). :raises InputError: a destructive check refused."""
     drives = {}
     for device in plan.in_bucket(Bucket.HOT_BLOCK):
-        assert device.blockdev is not None
+        if device.blockdev is None:
+            continue  # vhost-user-blk: its back end holds the disk (podplug.run.backends)
         node = drive_for(device.blockdev, inventory, fake_host=is_fake_host(inventory),
                          read_only=True)
         facts = read_volume(node.filename)
@@ -249,7 +260,8 @@ def plan_drives(plan: Plan, inventory: HostInventory,
 def drive_notes(plan: Plan, drives: dict[str, Drive], inventory: HostInventory) -> list[str]:
     notes = []
     for device in plan.in_bucket(Bucket.HOT_BLOCK):
-        assert device.blockdev is not None
+        if device.blockdev is None:
+            continue
         drive = drives[device.blockdev.node_name]
         if drive.node.filename != device.blockdev.filename:
             notes.append(f"VOLUME STAND-IN: {device.request.path}'s host node "
@@ -292,7 +304,8 @@ def release_window_keepers(vm: Vm, agent: AgentClient, plan: Plan,
 
 def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _Clock,
                sock: Path, emulate: bool, mapping: Callable[[QemuDevice], QemuDevice],
-               drives: dict[str, Drive], where: _Where) -> list[DeviceRow]:
+               drives: dict[str, Drive], where: _Where,
+               backends: dict[str, Backend]) -> list[DeviceRow]:
     handing = {name: (drive.node, drive.facts) for name, drive in drives.items()}
     with contextlib.closing(AgentClient.connect(sock)) as agent, \
             fdset_drives(vm, handing) as handed:
@@ -319,7 +332,8 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
             clock.say(f"{released} window keeper(s) unplugged: their ports keep the windows "
                       "firmware sized")
         hot = hot_devices(plan)
-        steps = plug_steps(hot, device=mapping, drive=lambda n: handed[n.node_name])
+        steps = plug_steps(hot, device=mapping, drive=lambda n: handed[n.node_name],
+                           chardev=lambda c: backends[c.id].chardev)
         clock.say(f"hot-plugging {len(hot)} device(s): {len(steps)} QMP steps")
         where.at("hot-plug")
         with clock.phase("hotplug"):
@@ -330,7 +344,7 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
         teardown = list(unplug_steps(hot, device=mapping))
         try:
             rows = _prove(vm, plan, inputs, options, clock, agent, emulate, drives, actual,
-                          results, where)
+                          results, where, backends)
             with clock.phase("unplug"):
                 while teardown:
                     step = teardown[0]
@@ -347,15 +361,17 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
 
 def _prove(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _Clock,
            agent: AgentClient, emulate: bool, drives: dict[str, Drive],
-           actual: dict[str, str], results: list[StepResult], where: _Where) -> list[DeviceRow]:
+           actual: dict[str, str], results: list[StepResult], where: _Where,
+           backends: dict[str, Backend]) -> list[DeviceRow]:
     slowness = max(1.0, clock.timings["boot"] / USUAL_BOOT_S)
     if slowness > 1.0:
         clock.say(f"slow guest: agent timeouts scaled by {slowness:.1f}")
+    volumes: dict[str, tuple[VolumeFacts | None, Depth]] = {
+        d.request.path: (drives[d.blockdev.node_name].facts, drives[d.blockdev.node_name].depth)
+        for d in plan.in_bucket(Bucket.HOT_BLOCK) if d.blockdev is not None}
+    volumes.update((b.container_path, (b.facts, b.depth)) for b in backends.values())
     prover = GuestProver(agent, plan, inputs.inventory, CONTAINER_DIR, emulate, slowness,
-                         volumes={d.request.path: (drives[d.blockdev.node_name].facts,
-                                                   drives[d.blockdev.node_name].depth)
-                                  for d in plan.in_bucket(Bucket.HOT_BLOCK)
-                                  if d.blockdev is not None})
+                         volumes=volumes)
     proven: dict[int, DeviceRow] = {}
     order = _report_order(plan)
     with clock.phase("verify"):

@@ -79,7 +79,7 @@ class GuestProver:
     container_dir: str
     emulated: bool
     slowness: float = 1.0  # how much slower than usual this guest proved to be at boot
-    volumes: Mapping[str, tuple[VolumeFacts, Depth]] = field(default_factory=dict)
+    volumes: Mapping[str, tuple[VolumeFacts | None, Depth]] = field(default_factory=dict)
     _identities: dict[str, str] | None = None
 
     def identities(self) -> dict[str, str]:
@@ -155,8 +155,10 @@ class GuestProver:
             seen = replace(seen, rw=self._call("rw", resolution.node).fields,
                            fs=self._call("fs-check", resolution.node, timeout=120.0).fields)
         problems = volume_problems(device, entry, resolution, seen, host)
+        same = "size and first/last 4 KiB = host's" if host is not None else \
+            "first/last 4 KiB read (a back end not podplug's: not compared)"
         check = (f"{entry.type.value} {entry.id} -> {resolution.vm_path} (serial "
-                 f"{seen.serial}); size and first/last 4 KiB = host's")
+                 f"{seen.serial or '-'}); {same}")
         if seen.rw is not None and seen.fs is not None:
             check += (f"; read+write {seen.rw.get('write')}; {seen.fs.get('fs')} round trip "
                       f"{seen.fs.get('readback')} (scratch volume)")
