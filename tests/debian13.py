@@ -49,8 +49,12 @@ KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 #: needed by an installed system's maintainer scripts only, never by an unpacked binary
 EXCLUDED = re.compile(r"(adduser|base-passwd|cdebconf|debconf|libpam.*)")
-QEMU_PACKAGES = ("qemu-system-x86",)
-QEMU_NAME = "qemu10"
+#: trixie moved qemu-storage-daemon from qemu-system-common to qemu-utils: with it, the
+#: vhost-user-blk back end of a QEMU 10 run is QEMU 10's own (podplug.vm.storage_daemon
+#: takes the daemon beside the qemu-system binary)
+QEMU_PACKAGES = ("qemu-system-x86", "qemu-utils")
+QEMU_NAME = "qemu10-qsd"  # renamed when the package set changed: a new root is fetched
+RELOCATED = ("qemu-system-x86_64", "qemu-storage-daemon")
 LISTS_MAX_AGE_S = 7 * 86400.0  # lists older than this are refreshed before a new download
 LOCK_WAIT_S = 900.0
 _LIBDIRS = ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu")
@@ -269,7 +273,8 @@ def fetch_root(packages: Sequence[str], name: str, *, prepare: Prepare | None = 
 
 
 def relocate_qemu(staged: Path, final: Path) -> None:
-    """Make ``usr/bin/qemu-system-x86_64`` of an unpacked root run from ``final``.
+    """Make ``usr/bin/qemu-system-x86_64`` (and ``qemu-storage-daemon``, when unpacked) of an
+    unpacked root run from ``final``.
 
     * ``patchelf``: its ELF interpreter becomes the root's own ``ld-linux-x86-64.so.2`` and
       its ``DT_RPATH`` (searched before ``/etc/ld.so.cache``, and, unlike ``DT_RUNPATH``,
@@ -283,13 +288,16 @@ def relocate_qemu(staged: Path, final: Path) -> None:
       ``<directory of the executable>/qemu-bundle`` when that exists: with the link, QEMU
       10 reads its own SeaBIOS, option ROMs and modules from the root (checked with strace).
     """
-    binary = staged / "usr/bin/qemu-system-x86_64"
     if shutil.which("patchelf") is None:
         raise FetchError("patchelf not found: apt-get install patchelf (scripts/setup.sh)")
-    _run(["patchelf", "--set-interpreter", str(final / _LOADER), "--force-rpath",
-          "--set-rpath", ":".join(str(final / d) for d in _LIBDIRS), str(binary)],
-         what=f"patchelf {binary.name}")
-    (binary.parent / "qemu-bundle").symlink_to("../..")
+    for name in RELOCATED:
+        binary = staged / "usr/bin" / name
+        if name != RELOCATED[0] and not binary.exists():
+            continue
+        _run(["patchelf", "--set-interpreter", str(final / _LOADER), "--force-rpath",
+              "--set-rpath", ":".join(str(final / d) for d in _LIBDIRS), str(binary)],
+             what=f"patchelf {binary.name}")
+    (staged / "usr/bin" / "qemu-bundle").symlink_to("../..")
 
 
 def qemu10() -> Path:

@@ -63,6 +63,11 @@ class BlockdevNode:
     node_cache: tuple[bool, bool] | None = None  # raw node cache (direct, no-flush)
     file_direct: bool | None = None  # protocol node cache.direct
 
+    @property
+    def direct(self) -> bool:
+        """Whether QEMU opens the volume ``O_DIRECT`` (``cache.direct`` on either node)."""
+        return bool(self.file_direct) or bool(self.node_cache and self.node_cache[0])
+
     def arguments(self) -> dict[str, object]:
         file: dict[str, object] = {"driver": self.file_driver, "filename": self.filename}
         if self.aio:

@@ -12,7 +12,10 @@ unprivileged user (:mod:`podplug.run.confine`) reaches exactly the files of its 
   proof, ``O_RDWR`` otherwise), checked to be the very file whose facts were read before
   the run (device and inode), and sent with QMP ``add-fd`` (``SCM_RIGHTS``) into an fd set;
   ``blockdev-add`` then names ``/dev/fdset/N``, which QEMU opens by duplicating the
-  descriptor of matching access mode (QEMU ``qapi/misc.json``, ``add-fd``). After the run
+  descriptor of matching access mode (QEMU ``qapi/misc.json``, ``add-fd``); QEMU 10.0 also
+  matches ``O_DIRECT`` ("Failed to find file descriptor with matching flags=0x4002" for a
+  ``cache.direct`` volume whose descriptor lacked it; 7.2 set it with ``fcntl``), so a
+  volume opened with ``cache.direct`` is opened ``O_DIRECT`` here. After the run
   each set is removed (``remove-fd``); QEMU closes a removed set's descriptors once no
   block node uses them. Rendered plans (``podplug plan``) keep the real names: that is
   what Kata's runtime sends.
@@ -66,7 +69,9 @@ def fdset_drives(vm: Vm, drives: dict[str, tuple[BlockdevNode, VolumeFacts]]
     sets: list[int] = []
     try:
         for fdset_id, (name, (node, facts)) in enumerate(sorted(drives.items()), start=1):
-            fd = _open(node.filename, os.O_RDONLY if node.read_only else os.O_RDWR, facts)
+            access = (os.O_RDONLY if node.read_only else os.O_RDWR) | \
+                (os.O_DIRECT if node.direct else 0)
+            fd = _open(node.filename, access, facts)
             fds.append(fd)
             vm.add_fd(fd, fdset_id, f"podplug volume {node.filename}")
             sets.append(fdset_id)
