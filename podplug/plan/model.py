@@ -94,10 +94,12 @@ class Chardev:
     id: str
     path: str  # the backend's unix socket
     reconnect: int = 0  # seconds; 0: no reconnecting
+    fd_name: str = ""  # run only: connected by podplug, handed over by getfd under this name
 
     def arguments(self) -> dict[str, object]:
-        data: dict[str, object] = {"addr": {"type": "unix", "data": {"path": self.path}},
-                                   "server": False}
+        addr = {"type": "fd", "data": {"str": self.fd_name}} if self.fd_name else \
+            {"type": "unix", "data": {"path": self.path}}
+        data: dict[str, object] = {"addr": addr, "server": False}
         if self.reconnect:
             data["reconnect"] = self.reconnect
         return {"id": self.id, "backend": {"type": "socket", "data": data}}

@@ -19,19 +19,27 @@ unprivileged user (:mod:`podplug.run.confine`) reaches exactly the files of its 
   each set is removed (``remove-fd``); QEMU closes a removed set's descriptors once no
   block node uses them. Rendered plans (``podplug plan``) keep the real names: that is
   what Kata's runtime sends.
+* Each vhost-user back end's socket: connected here (bounded, never a wait without end), the
+  connected socket sent with QMP ``getfd`` under a name, and the chardev made with
+  ``"addr": {"type": "fd", "data": {"str": NAME}}``, which QEMU takes as the connection
+  (QEMU ``qapi/char.json`` ``ChardevSocket``, ``qapi/sockets.json`` ``SocketAddressLegacy``).
+  A confined QEMU cannot reach a back end's socket in Kata's store (root's: measured,
+  "Failed to connect to ...: Permission denied"). Not with ``reconnect`` set: QEMU
+  reconnects by path, so then it gets the path and needs to reach it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from podplug.errors import HostError, PodplugError
 from podplug.host.volumes import VolumeFacts
-from podplug.plan.model import BlockdevNode
+from podplug.plan.model import BlockdevNode, Chardev
 from podplug.vm.process import Vm
 
 
@@ -84,6 +92,46 @@ def fdset_drives(vm: Vm, drives: dict[str, tuple[BlockdevNode, VolumeFacts]]
                     vm.execute("remove-fd", {"fdset-id": fdset_id})
         for fd in fds:
             os.close(fd)
+
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+@contextlib.contextmanager
+def handed_sockets(vm: Vm, chardevs: dict[str, Chardev]) -> Iterator[dict[str, Chardev]]:
+    """Each back end's socket connected and handed to ``vm``; yields the chardevs naming
+    them (one with ``reconnect`` keeps its path). podplug's copies are closed on exit, and
+    a handed socket no chardev took is closed in QEMU (``closefd``).
+
+    :raises HostError: a back end's socket does not take the connection.
+    """
+    handed: dict[str, Chardev] = {}
+    held: list[socket.socket] = []
+    try:
+        for ident, chardev in sorted(chardevs.items()):
+            if chardev.reconnect:
+                handed[ident] = chardev
+                continue
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            held.append(conn)
+            conn.settimeout(CONNECT_TIMEOUT_S)
+            try:
+                conn.connect(chardev.path)
+            except OSError as exc:
+                why = exc.strerror or type(exc).__name__
+                raise HostError(chardev.path, f"the vhost-user back end does not answer: "
+                                f"{why}") from exc
+            name = f"fd-{ident}"
+            vm.get_fd(conn.fileno(), name)
+            handed[ident] = replace(chardev, fd_name=name)
+        yield handed
+    finally:
+        for chardev in handed.values():
+            if chardev.fd_name and vm.alive:
+                with contextlib.suppress(PodplugError):  # taken by its chardev: no such fd
+                    vm.execute("closefd", {"fdname": chardev.fd_name})
+        for conn in held:
+            conn.close()
 
 
 def _open(path: str, access: int, facts: VolumeFacts | None) -> int:

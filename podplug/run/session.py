@@ -49,7 +49,7 @@ from podplug.plan.windows import DEFAULT_SPARE_WINDOW, Window
 from podplug.render.argv import render_argv
 from podplug.run.backends import Backend, plan_backends
 from podplug.run.confine import UNPRIVILEGED_USER, Account, confinement_for
-from podplug.run.handover import BootFiles, boot_files, fdset_drives
+from podplug.run.handover import BootFiles, boot_files, fdset_drives, handed_sockets
 from podplug.run.report import DeviceRow, RunReport
 from podplug.run.verify import GuestProver
 from podplug.run.volumes import Depth, VolumePolicy, depth_for, drive_for
@@ -308,7 +308,8 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
                backends: dict[str, Backend]) -> list[DeviceRow]:
     handing = {name: (drive.node, drive.facts) for name, drive in drives.items()}
     with contextlib.closing(AgentClient.connect(sock)) as agent, \
-            fdset_drives(vm, handing) as handed:
+            fdset_drives(vm, handing) as handed, \
+            handed_sockets(vm, {i: b.chardev for i, b in backends.items()}) as sockets:
         where.at("boot", step="agent ping")
         with clock.phase("boot"):
             agent.wait_ready(options.boot_timeout)
@@ -333,7 +334,7 @@ def _run_in_vm(vm: Vm, plan: Plan, inputs: Inputs, options: RunOptions, clock: _
                       "firmware sized")
         hot = hot_devices(plan)
         steps = plug_steps(hot, device=mapping, drive=lambda n: handed[n.node_name],
-                           chardev=lambda c: backends[c.id].chardev)
+                           chardev=lambda c: sockets[c.id])
         clock.say(f"hot-plugging {len(hot)} device(s): {len(steps)} QMP steps")
         where.at("hot-plug")
         with clock.phase("hotplug"):

@@ -379,6 +379,11 @@ class Vm:
         self._require("add-fd", VmState.RUNNING)
         return self._with_exit_context("add-fd", lambda: self.qmp.add_fd(fd, fdset_id, opaque))
 
+    def get_fd(self, fd: int, name: str) -> object:
+        """Hand QEMU an open descriptor under ``name`` (:meth:`QmpSession.get_fd`)."""
+        self._require("getfd", VmState.RUNNING)
+        return self._with_exit_context("getfd", lambda: self.qmp.get_fd(fd, name))
+
     def qom_get(self, path: str, prop: str) -> object:
         self._require("qom-get", VmState.RUNNING)
         return self._with_exit_context("qom-get", lambda: self.qmp.qom_get(path, prop))

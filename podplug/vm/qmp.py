@@ -356,6 +356,22 @@ class QmpSession:
 
         return self._command("add-fd", args, send(), timeout)
 
+    def get_fd(self, fd: int, name: str, timeout: float = DEFAULT_REPLY_TIMEOUT_S) -> object:
+        """QMP ``getfd``: ``fd`` (not closed) goes to QEMU by ``SCM_RIGHTS`` under ``name``,
+        for one later command to take (a chardev's ``addr`` of type ``fd``), sent back to
+        back with the command as :meth:`add_fd` does.
+
+        :raise QmpCommandError, HotplugTimeout, VmError, StateError: as :meth:`execute`
+        """
+        client = self._client_or_raise("getfd")
+        args: dict[str, object] = {"fdname": name}
+
+        async def send() -> object:
+            client.send_fd_scm(fd)
+            return await client.execute("getfd", args)
+
+        return self._command("getfd", args, send(), timeout)
+
     def _command(self, command: str, args: dict[str, object] | None,
                  awaitable: Awaitable[object], timeout: float) -> object:
         """Await one command's reply, with QEMU's answers turned into podplug errors."""

@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from podplug.errors import StorageDaemonError
 from podplug.host.fakesysfs import FakeBlock, FakeHost, gpu_functions, write_fake_sysfs
 from podplug.inputs.load import load_inputs
 from podplug.plan.plan import plan
 from podplug.plan.sequence import StepKind, hot_devices, plug_steps
+from podplug.run import session
 from podplug.run.report import RunReport
 from podplug.run.session import RunOptions, run
 from podplug.run.volumes import VolumePolicy
 from podplug.vm.process import Accel
+from podplug.vm.storage_daemon import Export, StorageDaemon, storage_daemon_binary
 from tests.support import QEMU, REPO, live_qemu, podplug_temp_entries
 
 pytestmark = pytest.mark.vm
@@ -133,3 +140,74 @@ def test_each_aio_mode_reaches_qemu_and_the_volumes_work(tmp_path: Path, aio: st
     report, said, _ = _run(tmp_path, "virtio-blk", aio)
     assert report.all_usable, [(r.path, r.error) for r in report.rows if not r.usable]
     assert not [line for line in said if "planned with aio=threads" in line]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the store's device node needs mknod (root)")
+def test_a_back_end_already_listening_is_used_and_proven_read_only(tmp_path: Path) -> None:
+    """A back end not podplug's (here a qemu-storage-daemon the test starts at the store's
+    socket, as SPDK would listen there): QEMU connects to it, nothing is served by podplug,
+    the proof reads the disk and compares nothing, and the back end is left running."""
+    config, spec, sysfs, store = _inputs(tmp_path, "virtio-blk", "io_uring")
+    image = tmp_path / "spdk.img"
+    image.write_bytes(os.urandom(4096) + bytes((16 << 20) - 8192) + os.urandom(4096))
+    sock = store / "block" / "sockets" / "vub0"
+    with StorageDaemon([Export("theirs", image, sock)],
+                       binary=storage_daemon_binary(QEMU)) as theirs:
+        inputs = load_inputs(config, spec, cdi_dirs=(), sysfs_root=sysfs)
+        said: list[str] = []
+        report = run(inputs, RunOptions(accel=Accel.TCG, qemu=QEMU, progress=said.append))
+        assert theirs.alive  # podplug stops only what it started
+    rows = {r.path: r for r in report.rows}
+    assert report.all_usable, [(r.path, r.error) for r in report.rows if not r.usable]
+    assert "not compared" in rows["/dev/vub0"].check
+    assert "read+write" not in rows["/dev/vub0"].check
+    assert not any("STAND-IN: /dev/vub0" in line for line in said)
+    assert any("is not podplug's" in line for line in said)
+
+
+def _cli_until(marker: str, config: Path, spec: Path, sysfs: Path
+               ) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "podplug.cli", "run", "--accel", "tcg",
+                             "--qemu", QEMU, "--config", str(config), "--spec", str(spec),
+                             "--sysfs", str(sysfs), "--cdi-dir", str(sysfs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line or time.monotonic() > deadline:
+            break
+    return proc, seen
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the store's device node needs mknod (root)")
+@pytest.mark.parametrize("marker", ["hot-plugging", "OK   /dev/vub0"])
+def test_sigterm_mid_run_stops_the_daemon_too(tmp_path: Path, marker: str) -> None:
+    before = (live_qemu(), _live_daemons(), podplug_temp_entries())
+    config, spec, sysfs, store = _inputs(tmp_path, "virtio-blk", "io_uring")
+    proc, seen = _cli_until(marker, config, spec, sysfs)
+    assert any(marker in line for line in seen), "".join(seen)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, "".join(seen) + out
+    assert live_qemu() <= before[0]
+    assert _live_daemons() <= before[1]
+    assert podplug_temp_entries() <= before[2]
+    assert list((store / "block" / "sockets").iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the store's device node needs mknod (root)")
+def test_a_daemon_that_will_not_start_fails_the_run_cleanly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = (live_qemu(), _live_daemons(), podplug_temp_entries())
+    monkeypatch.setattr(session, "storage_daemon_binary", lambda _: "/bin/false")
+    config, spec, sysfs, _ = _inputs(tmp_path, "virtio-blk", "io_uring")
+    inputs = load_inputs(config, spec, cdi_dirs=(), sysfs_root=sysfs)
+    with pytest.raises(StorageDaemonError) as caught:
+        run(inputs, RunOptions(accel=Accel.TCG, qemu=QEMU))
+    assert "vublk0" in str(caught.value) and "\n" not in str(caught.value)
+    assert caught.value.exit_code == 6
+    assert live_qemu() <= before[0]  # QEMU was never started: the back end comes first
+    assert _live_daemons() <= before[1]
+    assert podplug_temp_entries() <= before[2]
