@@ -12,6 +12,10 @@ severity, one line of explanation and the fix. Checks:
   topology fits its budgets (ports, root-bus slots, bus numbers);
 * the QEMU binary (the configuration's ``path`` or ``--qemu``): it exists, and has every
   feature the plan renders (probed, never inferred from its version);
+* the block keys (:mod:`podplug.plan.blockdev`): Kata's hot-plug of every volume fails when
+  ``block_device_aio = "native"`` lacks cache.direct, or when the binary cannot open a
+  volume with io_uring here; Kata's Go runtime refuses to start a VM with
+  ``enable_vhost_user_store`` and no ``enable_hugepages``; cache keys that do not reach QEMU;
 * with the host: IOMMU groups exist, every function of each requested group is bound to
   ``vfio-pci`` (a group is viable only when no function is held by a host driver), and
   every hot-pluggable port, by its kind, has windows for what can land there.
@@ -26,10 +30,11 @@ from enum import IntEnum
 from podplug.errors import ConfigError, PlanError, TopologyExhausted, UnsupportedPlatform
 from podplug.inputs.kata import RuntimeConfig
 from podplug.matrix.kata_models import KataEra, KataOutcome, select_devices
-from podplug.model.enums import Bucket, HotplugMode, KataRuntime, NodeType, PortKind
+from podplug.model.enums import BlockAio, Bucket, HotplugMode, KataRuntime, NodeType, PortKind
 from podplug.model.host import HostInventory, PciFunction
 from podplug.model.qemu import QemuCapabilities, QemuFeature
 from podplug.model.request import ContainerDevice, ContainerRequest
+from podplug.plan.blockdev import blockdev_shape
 from podplug.plan.model import Plan
 from podplug.plan.needs import qemu_needs
 from podplug.plan.plan import plan as make_plan
@@ -177,6 +182,47 @@ def qemu_findings(qemu: QemuCapabilities | ConfigError,
     return findings
 
 
+def block_findings(config: RuntimeConfig,
+                   qemu: QemuCapabilities | ConfigError | None) -> list[Finding]:
+    """What Kata would do with the block keys of ``config`` (and the probed binary)."""
+    hv = config.hypervisor
+    keys = hv.block
+    io_uring = not isinstance(qemu, QemuCapabilities) or \
+        QemuFeature.AIO_IO_URING in qemu.features
+    shape = blockdev_shape(config, io_uring=io_uring)
+    findings: list[Finding] = []
+    if keys.aio is BlockAio.NATIVE and shape.aio is not BlockAio.NATIVE:
+        direct = ("block_device_cache_direct = true" if config.runtime is KataRuntime.RUST
+                  else "block_device_cache_set = true and block_device_cache_direct = true")
+        findings.append(Finding(
+            Severity.WARNING, "block", 'block_device_aio = "native" without cache.direct: '
+            "QEMU refuses the blockdev-add, so Kata fails to hot-plug every volume",
+            f'set {direct} in [{hv.section}], or block_device_aio = "threads"'))
+    elif keys.aio is BlockAio.IO_URING and not io_uring:
+        binary = qemu.binary if isinstance(qemu, QemuCapabilities) else "QEMU"
+        findings.append(Finding(
+            Severity.ERROR, "block", f"{binary} cannot open a volume with aio=io_uring on this "
+            "host (probed; Kata's default): Kata fails to hot-plug every volume",
+            f'set block_device_aio = "threads" in [{hv.section}], or allow io_uring '
+            "(kernel.io_uring_disabled, seccomp)"))
+    if keys.enable_vhost_user_store and not keys.enable_hugepages and \
+            config.runtime is KataRuntime.GO:
+        findings.append(Finding(
+            Severity.ERROR, "block", "enable_vhost_user_store without enable_hugepages: Kata's "
+            "Go runtime refuses to start the VM (vhost-user storage needs shared huge pages)",
+            f"set enable_hugepages = true in [{hv.section}] and reserve huge pages, or "
+            "enable_vhost_user_store = false"))
+    findings += [Finding(Severity.INFO, "block", note) for note in shape.notes
+                 if "planned with aio=threads" not in note]
+    if not findings:
+        cache = (f"cache direct={shape.node_cache[0]} no-flush={shape.node_cache[1]}"
+                 if shape.node_cache else f"cache.direct={shape.file_direct}"
+                 if shape.file_direct is not None else "no cache options")
+        findings.append(Finding(Severity.OK, "block", f"volumes: aio={shape.aio.value}, "
+                                f"{cache}"))
+    return findings
+
+
 def host_findings(request: ContainerRequest | None, inventory: HostInventory,
                   result: Plan | None) -> list[Finding]:
     vfio = [d for d in (request.devices if request else ()) if is_vfio_path(d.path)]
@@ -312,6 +358,7 @@ def diagnose(config: RuntimeConfig | ConfigError | UnsupportedPlatform, *,
                         "fix the key named")]
     findings = [config_finding(config, hotplug)]
     findings += [Finding(Severity.INFO, "config", note) for note in config.notes]
+    findings += block_findings(config, qemu)
     if era is not None and config.runtime is KataRuntime.RUST:
         findings.append(Finding(Severity.INFO, "kata-version",
                                 f"Kata {version}: the release models describe the Go runtime; "

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from podplug.cli import EXIT_DOCTOR_ERROR, EXIT_DOCTOR_WARNING, main
-from podplug.doctor import Severity, diagnose, worst
+from podplug.doctor import Finding, Severity, diagnose, worst
 from podplug.host.fakesysfs import FakeFunction, FakeHost, demo_host, write_fake_sysfs
 from podplug.host.sysfs import scan_host
 from podplug.matrix.kata_models import KataEra
+from podplug.model.qemu import QemuCapabilities
 from tests.support import QEMU, REPO, block, config, inventory, request, vfio_group
 
 DEMO = REPO / "podplug" / "demo"
@@ -196,3 +197,31 @@ def test_doctor_says_one_true_thing_per_runtime_and_hypervisor(
     lines = capsys.readouterr().out.splitlines()
     assert fc == EXIT_DOCTOR_ERROR and len(lines) == 2  # one finding, then the verdict
     assert lines[0].startswith("ERROR   platform") and "'firecracker'" in lines[0]
+
+
+def _block(extra: dict[str, object], *, rust: bool = False,
+           qemu: QemuCapabilities | None = None) -> list[Finding]:
+    return [f for f in diagnose(config(extra=extra, runtime_rs=rust), qemu=qemu)
+            if f.check == "block"]
+
+
+def test_block_keys_kata_cannot_plug_are_named_with_the_fix() -> None:
+    native = _block({"block_device_aio": "native"})
+    assert [f.severity for f in native] == [Severity.WARNING]
+    assert "block_device_cache_set = true and block_device_cache_direct = true" in native[0].fix
+    assert [f.severity for f in _block({"block_device_aio": "native",
+                                        "block_device_cache_set": True,
+                                        "block_device_cache_direct": True})] == [Severity.OK]
+    rust = _block({"block_device_aio": "native"}, rust=True)
+    assert rust[0].severity is Severity.WARNING and "block_device_cache_set" not in rust[0].fix
+    store = _block({"enable_vhost_user_store": True})
+    assert [f.severity for f in store] == [Severity.ERROR] and "enable_hugepages" in store[0].fix
+    assert _block({"enable_vhost_user_store": True, "enable_hugepages": True})[0].severity \
+        is Severity.OK
+    no_uring = QemuCapabilities("/q", (7, 2, 0), "", frozenset())
+    uring = _block({}, qemu=no_uring)
+    assert uring[0].severity is Severity.ERROR and "threads" in uring[0].fix
+    assert _block({"block_device_aio": "threads"}, qemu=no_uring)[0].severity is Severity.OK
+    ignored = _block({"block_device_cache_direct": True})
+    assert [f.severity for f in ignored] == [Severity.INFO]
+    assert "only with block_device_cache_set" in ignored[0].message
