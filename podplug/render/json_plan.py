@@ -23,6 +23,7 @@ def _device(device: DevicePlan) -> dict[str, object]:
         "guest_paths": [str(p) for p in device.guest_paths],
         "qemu": [{"driver": q.driver, **dict(q.props)} for q in device.qemu_devices],
         "blockdev": device.blockdev.arguments() if device.blockdev else None,
+        "chardev": device.chardev.arguments() if device.chardev else None,
         "scsi_address": device.scsi_address,
         "agent": device.agent.as_json() if device.agent else None,
         "notes": list(device.notes),
