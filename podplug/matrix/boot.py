@@ -16,6 +16,7 @@ from pathlib import Path
 from podplug.errors import PodplugError
 from podplug.inputs.load import Inputs
 from podplug.matrix.check import (
+    BlockIo,
     Combination,
     Mix,
     Outcome,
@@ -33,8 +34,16 @@ SEED = "seed"
 
 def _is_sample(c: Combination) -> bool:
     """The booted sample: the seed's four scenarios, one per block driver, one hot-plug
-    combination per port type."""
+    combination per port type (with Kata's default block I/O); and a raw volume beside a
+    vhost-user-blk one, once per block driver (virtio-scsi with aio=native and
+    cache.direct, so O_DIRECT is opened for real)."""
     if c.hypervisor is not Hypervisor.QEMU or c.container is not ContainerType.CONTAINER:
+        return False
+    if c.mix is Mix.BLOCK_VHOST_USER:
+        return (c.vfio_mode, c.cold, c.hot) == (
+            VfioMode.GUEST_KERNEL, PortKind.ROOT_PORT, PortKind.NO_PORT) and c.aio is (
+            BlockIo.IO_URING if c.driver is BlockDriver.VIRTIO_BLK else BlockIo.NATIVE_DIRECT)
+    if c.aio is not BlockIo.IO_URING:
         return False
     if c.mix is not Mix.VFIO_BLOCK:
         return False

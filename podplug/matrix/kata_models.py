@@ -21,7 +21,37 @@ The modelled pipeline, per container:
 2. **Select**: one function per :class:`KataEra`, the part that changed.
 3. **filterDevices**: CD-ROM and floppy majors are removed with only an info log.
 4. **Attach**: ``attachDevices`` walks the list in order; a VFIO device without a port fails
-   there ("port is not set"), which aborts container creation.
+   there ("port is not set"), which aborts container creation. So does a block volume QEMU
+   refuses, and a vhost-user-blk node Kata cannot plug (below).
+
+Block volumes (issue 14), the same in every era (read at every release tag from 3.6.0 to
+4.1.0 and at main, 2026-08):
+
+* **vhost-user-blk** (:func:`kata_is_vhost_user_blk`: a block node of major 241, Kata
+  ``IsVhostUserBlk`` in ``pkg/device/manager/utils.go``, by type and major only) is not a
+  VFIO path, so the split puts it in the hot list like any block volume, and an era that
+  discards the hot list (3.14-3.16, vfio mode with cold plug) drops it silently.
+  ``createDevice`` (``manager.go``) makes it a vhost-user-blk device whether or not the
+  store is enabled; only ``GetHostPath`` (``pkg/device/config/config.go``) reads
+  ``enable_vhost_user_store``: with it, the backend socket comes from the store; without
+  it, the node is looked up in ``/sys/dev/block`` and, absent there, the *container* path
+  becomes the socket, so the ``chardev-add`` of ``hotplugAddVhostUserBlkDevice``
+  (``virtcontainers/qemu.go``) cannot connect and attach fails. Only QEMU plugs it:
+  Cloud Hypervisor's ``HotplugAddDevice`` (``clh.go``) has no vhost-user case and fails
+  ("unsupported device type"); ``newClhHypervisorConfig`` does not even read the store key.
+* **The store needs huge pages**: the Go runtime's QEMU driver (``qemu.go`` ``CreateVM``)
+  refuses ``enable_vhost_user_store`` without ``enable_hugepages`` ("... enabled without
+  HugePages ..."), so the sandbox never starts and no device of any of its containers
+  reaches it (``SANDBOX_FAILS``).
+* **aio**: the Go runtime's ``hotplugAddBlockDevice`` (``qemu.go``) puts
+  ``block_device_aio`` on every hot-plugged volume's ``blockdev-add`` (govmm
+  ``blockdevAddBaseArgs``, ``pkg/govmm/qemu/qmp.go``: its ``file`` node's ``aio``, there
+  since 3.0.0-alpha1, ``00860a7e43``, so in every modelled era) and adds the cache options
+  (on the ``raw`` node) only with ``block_device_cache_set``. QEMU refuses ``aio=native``
+  without ``cache.direct=on``, so with ``native`` and not both ``block_device_cache_set``
+  and ``block_device_cache_direct`` every raw volume fails at attach, in every era (loud;
+  podplug plans ``threads`` instead, :mod:`podplug.plan.blockdev`). Nothing in
+  ``katautils/config.go`` checks the pair. ``block_device_aio`` is read for QEMU only.
 
 Each input device gets exactly one :class:`KataOutcome`:
 
@@ -31,8 +61,12 @@ Each input device gets exactly one :class:`KataOutcome`:
 ``DROPPED_SILENTLY``    not selected: never attached nor reported, spec node kept with
                         the host major:minor (ENXIO, #11288; "No PCI mapping", #13103)
 ``FILTERED``            selected, then removed by ``filterDevices`` (CD-ROM / floppy)
-``FAILS_AT_ATTACH``     listed, but a VFIO device with no port: attach errors, container
-                        creation fails (loud, unlike the two above)
+``FAILS_AT_ATTACH``     listed, but attach errors and container creation fails (loud,
+                        unlike the two above): a VFIO device with no port, a raw volume
+                        with ``aio=native`` and no ``cache.direct``, a vhost-user-blk node
+                        with the store off or on Cloud Hypervisor
+``SANDBOX_FAILS``       the configuration keeps the VM from starting (the vhost-user store
+                        without huge pages): nothing is listed or attached (loud)
 ``NOT_FOR_PAUSE``       a pause container's cold VFIO entry, left out of its list; the
                         device is in the VM since sandbox creation (correct, not lost)
 ``LEAKED_TO_PAUSE``     a pause container listing a cold VFIO entry: the guest rejects
@@ -43,9 +77,19 @@ Not modelled (the inputs do not carry it): erofs and virtual-volume devices that
 prepends; the skip of VFIO devices already cold-plugged as an SR-IOV network
 ``PhysicalEndpoint`` (``025202a52a``, 3.32.0+); hypervisor annotation overrides (pass the
 effective configuration, e.g. after :func:`podplug.inputs.kata.apply_annotations`); the
-``vfio_mode = guest-kernel`` removal of ``/dev/vfio/*`` from the gRPC spec; agent behaviour.
-Assumed: every cold VFIO entry of a container was cold-plugged at sandbox creation (in
-Kubernetes the pause spec carries the same nodes). If not, Kata fails at attach (§1.9).
+``vfio_mode = guest-kernel`` removal of ``/dev/vfio/*`` from the gRPC spec; agent behaviour;
+runtime-rs (every model is of the Go runtime: a runtime-rs configuration is read as the Go
+runtime would read it, so its own block handling, :mod:`podplug.plan.blockdev`, is not
+modelled). Assumed: every cold VFIO entry of a container was cold-plugged at sandbox
+creation (in Kubernetes the pause spec carries the same nodes). If not, Kata fails at
+attach (§1.9).
+Also assumed, for what depends on the host: with the store enabled, a vhost-user-blk node
+is in ``<store>/block/devices`` and its backend listens at ``<store>/block/sockets``
+(otherwise ``NewDevice`` fails: loud); ``/sys/dev/block`` has no node of major 241 (a
+local/experimental major); QEMU can use ``io_uring`` (otherwise every volume's hot-plug
+fails: Kata has no fallback); huge pages are available when enabled. Not verified: that a
+store-less vhost-user-blk node with ``vhost_user_reconnect_timeout_sec`` set fails rather
+than leaves QEMU retrying the connection.
 """
 
 from __future__ import annotations
@@ -56,7 +100,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from podplug.inputs.kata import RuntimeConfig
-from podplug.model.enums import NodeType, PortKind, VfioMode
+from podplug.model.enums import BlockAio, Hypervisor, NodeType, PortKind, VfioMode
 from podplug.model.request import ContainerDevice, ContainerRequest
 from podplug.model.text import shown
 
@@ -64,6 +108,8 @@ __all__ = [
     "CDROM_MAJORS",
     "FLOPPY_MAJOR",
     "LOST_OUTCOMES",
+    "LOUD_OUTCOMES",
+    "VHOST_USER_BLK_MAJOR",
     "KataDeviceOutcome",
     "KataEra",
     "KataList",
@@ -72,10 +118,12 @@ __all__ = [
     "compare_eras",
     "era_by_name",
     "era_for_version",
+    "failed_devices",
     "filter_devices",
     "is_filtered_major",
     "kata_is_vfio_control_device",
     "kata_is_vfio_device",
+    "kata_is_vhost_user_blk",
     "lost_devices",
     "select_devices",
     "sort_container_vfio_devices",
@@ -93,6 +141,7 @@ CDROM_MAJORS: Mapping[int, str] = {
     28: "MATSUSHITA_CDROM4_MAJOR", 29: "AZTECH_CDROM_MAJOR", 32: "CM206_CDROM_MAJOR",
 }
 FLOPPY_MAJOR = 2  # container.go ``floppyMajor``
+VHOST_USER_BLK_MAJOR = 241  # pkg/device/config ``VhostUserBlkMajor``
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,6 +315,12 @@ def sort_container_vfio_devices(
     return tuple(devices[i] for i in _control_first(range(len(devices)), devices))
 
 
+def kata_is_vhost_user_blk(device: ContainerDevice) -> bool:
+    """Kata ``deviceManager.IsVhostUserBlk``: a block node of major 241, whatever its path
+    and whether or not ``enable_vhost_user_store`` is set."""
+    return device.type is NodeType.BLOCK and device.major == VHOST_USER_BLK_MAJOR
+
+
 def is_filtered_major(major: int) -> bool:
     """Whether Kata's ``filterDevices`` removes a device of this major.
 
@@ -302,12 +357,16 @@ class KataOutcome(Enum):
     FAILS_AT_ATTACH = "fails-at-attach"
     NOT_FOR_PAUSE = "not-for-pause"
     LEAKED_TO_PAUSE = "leaked-to-pause"
+    SANDBOX_FAILS = "sandbox-fails"
 
 
 LOST_OUTCOMES = frozenset({KataOutcome.DROPPED_SILENTLY, KataOutcome.FILTERED})
 """Outcomes where the device silently never reaches the container (see :func:`lost_devices`)."""
 
-_PROBLEM_OUTCOMES = LOST_OUTCOMES | {KataOutcome.FAILS_AT_ATTACH, KataOutcome.LEAKED_TO_PAUSE}
+LOUD_OUTCOMES = frozenset({KataOutcome.FAILS_AT_ATTACH, KataOutcome.SANDBOX_FAILS})
+"""Outcomes where Kata stops with an error instead of running without the device."""
+
+_PROBLEM_OUTCOMES = LOST_OUTCOMES | LOUD_OUTCOMES | {KataOutcome.LEAKED_TO_PAUSE}
 
 
 @dataclass(frozen=True)
@@ -374,9 +433,39 @@ def lost_devices(selection: KataSelection) -> tuple[ContainerDevice, ...]:
     return tuple(e.device for e in selection.entries if e.outcome in LOST_OUTCOMES)
 
 
+def failed_devices(selection: KataSelection) -> tuple[ContainerDevice, ...]:
+    """Input devices Kata fails loudly on: its attach errors, or the sandbox never starts.
+
+    Every one of them, not only the first: an attach failure aborts the container, so the
+    devices listed after it are never attached either (see
+    :attr:`KataSelection.attach_failure`), but each of these would fail on its own.
+    """
+    return tuple(e.device for e in selection.entries if e.outcome in LOUD_OUTCOMES)
+
+
 # --------------------------------------------------------------------------------------------
 # The models
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _BlockFacts:
+    """What the Go runtime does with block volumes under one configuration (module doc)."""
+
+    qemu: bool  # the only hypervisor that plugs vhost-user-blk and reads block_device_aio
+    vhost_user_store: bool  # enable_vhost_user_store, as the Go runtime reads it (QEMU only)
+    vm_refused: bool  # the store without huge pages: CreateVM errors
+    native_without_direct: bool  # aio=native and no cache.direct sent: QEMU refuses
+
+
+def _block_facts(config: RuntimeConfig) -> _BlockFacts:
+    hv = config.hypervisor
+    keys = hv.block
+    qemu = hv.kind is Hypervisor.QEMU
+    store = qemu and keys.enable_vhost_user_store
+    direct = keys.cache_set and keys.cache_direct  # govmm ExecuteBlockdevAddWithCache
+    return _BlockFacts(qemu, store, store and not keys.enable_hugepages,
+                       qemu and keys.aio is BlockAio.NATIVE and not direct)
 
 
 @dataclass(frozen=True)
@@ -390,6 +479,7 @@ class _Split:
     hot_plug: bool  # hot_plug_vfio != no-port
     vfio_mode: VfioMode
     cri_sandbox: bool
+    block: _BlockFacts
 
 
 def _split(request: ContainerRequest, config: RuntimeConfig) -> _Split:
@@ -414,7 +504,7 @@ def _split(request: ContainerRequest, config: RuntimeConfig) -> _Split:
         else:
             hot.append(index)
     return _Split(request.devices, tuple(cold), tuple(hot), cold_plug, hot_plug,
-                  config.vfio_mode, request.is_sandbox)
+                  config.vfio_mode, request.is_sandbox, _block_facts(config))
 
 
 def _select_pre_3_14(split: _Split) -> tuple[int, ...]:
@@ -496,6 +586,11 @@ def select_devices(
     ``pod_sandbox``).
     """
     split = _split(request, config)
+    if split.block.vm_refused:
+        return KataSelection(era, tuple(
+            KataDeviceOutcome(d, KataList.COLD_VFIO if i in split.cold else KataList.HOT,
+                              KataOutcome.SANDBOX_FAILS, None, _vm_refused(config))
+            for i, d in enumerate(split.devices)), ())
     selected = _SELECTORS[era](split)
     listed = tuple(i for i in selected if not is_filtered_major(split.devices[i].major))
     positions = {index: position for position, index in enumerate(listed)}
@@ -540,6 +635,15 @@ def _entry(
         reason = ("VFIO device with neither cold_plug_vfio nor hot_plug_vfio set: listed "
                   "without a port, VFIODevice.Attach fails (\"cold_plug_vfio= or "
                   "hot_plug_vfio= port is not set\") and container creation fails")
+    elif kata_is_vhost_user_blk(device) and (vhost := _vhost_user_failure(split)):
+        outcome, reason = KataOutcome.FAILS_AT_ATTACH, vhost
+    elif (device.type is NodeType.BLOCK and not kata_is_vhost_user_blk(device)
+          and split.block.native_without_direct):
+        outcome = KataOutcome.FAILS_AT_ATTACH
+        reason = ("block_device_aio = \"native\" without block_device_cache_set and "
+                  "block_device_cache_direct: the volume's blockdev-add carries aio=native "
+                  "and no cache.direct, QEMU refuses it, so hot-plug fails and container "
+                  "creation fails (every era since 3.0.0-alpha1, 00860a7e43)")
     else:
         outcome, reason = KataOutcome.KEPT, _kept(device, is_cold, split)
     return KataDeviceOutcome(device, kata_list, outcome, position, reason)
@@ -553,6 +657,10 @@ def _kept(device: ContainerDevice, is_cold: bool, split: _Split) -> str:
         return "hot_plug_vfio set: hot-plugged at container creation"
     if kata_is_vfio_control_device(device.path):
         return "VFIO control node: generic device, nothing attached, passed in the spec"
+    if kata_is_vhost_user_blk(device):
+        return ("vhost-user-blk (major 241): its backend socket found in the vhost-user "
+                "store, hot-plugged as vhost-user-blk-pci after a chardev-add at container "
+                "creation, reported to the agent")
     if device.type is NodeType.BLOCK:
         return "block device: hot-plugged at container creation, reported to the agent"
     return "generic device node: nothing attached, passed in the spec"
@@ -575,6 +683,26 @@ def _dropped(era: KataEra, split: _Split, is_cold: bool) -> str:
                   "annotations from annotateContainerWithVFIOMetadata still apply")
     return (f"{era.value}: the cold VFIO list is discarded ({why}); the device is in the VM "
             f"from sandbox creation but the agent gets {effect}")
+
+
+def _vhost_user_failure(split: _Split) -> str:
+    """Why attaching a vhost-user-blk node fails under this configuration, or ''."""
+    if not split.block.qemu:
+        return ("vhost-user-blk (major 241) on Cloud Hypervisor: the device manager makes a "
+                "vhost-user-blk device, whose hot-plug the clh driver does not support "
+                "(\"unsupported device type\"): container creation fails")
+    if not split.block.vhost_user_store:
+        return ("vhost-user-blk (major 241) with enable_vhost_user_store = false: the device "
+                "manager still makes a vhost-user-blk device (IsVhostUserBlk looks at the "
+                "major only), but without the store its socket is the container path, so "
+                "QEMU's chardev-add cannot connect: attach fails, container creation fails")
+    return ""
+
+
+def _vm_refused(config: RuntimeConfig) -> str:
+    return (f"enable_vhost_user_store without enable_hugepages in [{config.hypervisor.section}]"
+            ": the Go runtime refuses to create the QEMU VM (\"enabled without HugePages\"), "
+            "so the sandbox never starts and no container gets any device")
 
 
 def _filtered(major: int) -> str:

@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from podplug.inputs.kata import RuntimeConfig
 from podplug.matrix.kata_models import (
+    LOUD_OUTCOMES,
     KataEra,
     KataList,
     KataOutcome,
@@ -14,15 +16,26 @@ from podplug.matrix.kata_models import (
     compare_eras,
     era_by_name,
     era_for_version,
+    failed_devices,
     kata_is_vfio_control_device,
     kata_is_vfio_device,
+    kata_is_vhost_user_blk,
     lost_devices,
     select_devices,
     sort_container_vfio_devices,
 )
 from podplug.model.enums import NodeType
 from podplug.model.request import ContainerDevice
-from tests.support import block, config, iommufd_dev, request, vfio_control, vfio_group
+from tests.support import (
+    VHOST_ON,
+    block,
+    config,
+    iommufd_dev,
+    request,
+    vfio_control,
+    vfio_group,
+    vhost_user,
+)
 
 ERAS = tuple(KataEra)
 PORTS = ("root-port", "switch-port", "bridge-port")
@@ -31,6 +44,7 @@ BEFORE_13103 = (KataEra.PRE_3_14, KataEra.KATA_3_14_3_16, KataEra.KATA_3_17_3_31
 SINCE_13103 = (KataEra.KATA_3_32_4_0, KataEra.HEAD)
 
 XDA = block(0)  # /dev/xda, 7:0: the #11288 raw-block PV
+VUB = vhost_user(0)  # /dev/vub0, 241:0: a vhost-user-blk node of Kata's store
 GPU = vfio_group(12)
 CDROM = ContainerDevice("/dev/sr0", NodeType.BLOCK, 11, 0)
 FLOPPY = ContainerDevice("/dev/fd0", NodeType.BLOCK, 2, 0)
@@ -240,6 +254,153 @@ def test_dropped_before_filtered_when_the_hot_list_is_discarded() -> None:
     assert selection.outcome_of("/dev/sr0") is KataOutcome.DROPPED_SILENTLY
 
 
+# --- block volumes: vhost-user-blk, the store, aio (the same in every era) -------------------
+
+NATIVE = (("block_device_aio", "native"),)
+NATIVE_DIRECT = (*NATIVE, ("block_device_cache_set", True), ("block_device_cache_direct", True))
+
+
+def keyed(mode: str = "guest-kernel", cold: str = "no-port", hot: str = "no-port", *,
+          keys: tuple[tuple[str, object], ...] = VHOST_ON,
+          hypervisor: str = "qemu") -> RuntimeConfig:
+    machine = "q35" if hypervisor == "qemu" else ""
+    return config(mode, cold, hot, hypervisor=hypervisor, machine=machine, extra=dict(keys))
+
+
+def test_vhost_user_blk_is_a_block_node_of_major_241() -> None:
+    assert kata_is_vhost_user_blk(VUB)
+    assert not kata_is_vhost_user_blk(XDA)
+    assert not kata_is_vhost_user_blk(ContainerDevice("/dev/vub0", NodeType.CHAR, 241, 0))
+    assert kata_is_vhost_user_blk(ContainerDevice("/dev/vfio/7", NodeType.BLOCK, 241, 0))
+
+
+@pytest.mark.parametrize("port", PORTS)
+def test_3_16_drops_vhost_user_blk_with_the_hot_list(port: str) -> None:
+    """#11288 for vhost-user-blk too: vfio mode + cold plug keeps the cold VFIO list only."""
+    selection = select_devices(KataEra.KATA_3_14_3_16, request(GPU, XDA, VUB),
+                               keyed("vfio", port))
+    assert [e.kata_list for e in selection.entries] == [KataList.COLD_VFIO, KataList.HOT,
+                                                        KataList.HOT]
+    assert lost_devices(selection) == (XDA, VUB)
+    assert selection.outcome_of("/dev/vub0") is KataOutcome.DROPPED_SILENTLY
+    assert paths(selection) == ["/dev/vfio/12"]
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("mode", MODES)
+def test_vhost_user_blk_kept_with_the_store(era: KataEra, mode: str) -> None:
+    selection = select_devices(era, request(XDA, VUB), keyed(mode, hot="root-port"))
+    assert selection.problems == ()
+    assert paths(selection) == ["/dev/xda", "/dev/vub0"]
+    assert "vhost-user-blk-pci" in selection.entries[1].reason
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_vhost_user_blk_without_the_store_fails_at_attach(era: KataEra) -> None:
+    """IsVhostUserBlk ignores the store; without it the container path becomes the socket."""
+    selection = select_devices(era, request(VUB, XDA), keyed(keys=()))
+    assert selection.outcome_of("/dev/vub0") is KataOutcome.FAILS_AT_ATTACH
+    assert selection.outcome_of("/dev/xda") is KataOutcome.KEPT
+    assert "enable_vhost_user_store = false" in selection.entries[0].reason
+    assert lost_devices(selection) == () and failed_devices(selection) == (VUB,)
+    failure = selection.attach_failure
+    assert failure is not None and failure.device == VUB and failure.position == 0
+
+
+def test_vhost_user_blk_without_the_store_still_dropped_silently_in_3_16() -> None:
+    selection = select_devices(KataEra.KATA_3_14_3_16, request(GPU, VUB),
+                               keyed("vfio", "root-port", keys=()))
+    assert selection.outcome_of("/dev/vub0") is KataOutcome.DROPPED_SILENTLY
+    assert failed_devices(selection) == ()
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_vhost_user_blk_fails_at_attach_on_cloud_hypervisor(era: KataEra) -> None:
+    selection = select_devices(era, request(XDA, VUB), keyed(hypervisor="clh"))
+    assert selection.outcome_of("/dev/xda") is KataOutcome.KEPT
+    assert selection.outcome_of("/dev/vub0") is KataOutcome.FAILS_AT_ATTACH
+    assert "unsupported device type" in selection.entries[1].reason
+
+
+@pytest.mark.parametrize("sandbox", [False, True])
+@pytest.mark.parametrize("era", ERAS)
+def test_store_without_hugepages_keeps_the_sandbox_from_starting(era: KataEra,
+                                                                 sandbox: bool) -> None:
+    """Every device of the pod, vhost-user or not: the VM is never created."""
+    devices = (GPU, XDA, vfio_control())
+    cfg = keyed("vfio", "root-port", keys=(("enable_vhost_user_store", True),))
+    selection = select_devices(era, request(*devices, sandbox=sandbox), cfg)
+    assert [e.outcome for e in selection.entries] == [KataOutcome.SANDBOX_FAILS] * 3
+    assert all(e.position is None for e in selection.entries)
+    assert selection.devices == () and lost_devices(selection) == ()
+    assert failed_devices(selection) == devices
+    assert "enabled without HugePages" in selection.entries[0].reason
+    assert selection.problems == selection.entries
+
+
+def test_hugepages_alone_or_the_store_on_clh_start_the_sandbox() -> None:
+    for cfg in (keyed(keys=(("enable_hugepages", True),)),
+                keyed(keys=(("enable_vhost_user_store", True),), hypervisor="clh")):
+        assert select_devices(KataEra.HEAD, request(XDA), cfg).problems == ()
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("mode", MODES)
+def test_native_aio_without_cache_direct_fails_at_attach(era: KataEra, mode: str) -> None:
+    selection = select_devices(era, request(XDA, block(1), VUB, GPU),
+                               keyed(mode, hot="root-port", keys=(*VHOST_ON, *NATIVE)))
+    assert [e.outcome for e in selection.entries] == [
+        KataOutcome.FAILS_AT_ATTACH, KataOutcome.FAILS_AT_ATTACH, KataOutcome.KEPT,
+        KataOutcome.KEPT]
+    assert "QEMU refuses it" in selection.entries[0].reason
+    assert failed_devices(selection) == (XDA, block(1)) and lost_devices(selection) == ()
+    failure = selection.attach_failure
+    assert failure is not None and failure.device == XDA
+
+
+@pytest.mark.parametrize("keys", [
+    NATIVE_DIRECT,
+    (("block_device_aio", "threads"),),
+    (("block_device_aio", "io_uring"),),
+    (),
+])
+def test_aio_that_qemu_opens_is_kept(keys: tuple[tuple[str, object], ...]) -> None:
+    selection = select_devices(KataEra.HEAD, request(XDA), keyed(keys=keys))
+    assert selection.problems == ()
+
+
+@pytest.mark.parametrize("keys", [
+    (*NATIVE, ("block_device_cache_direct", True)),  # not sent without cache_set
+    (*NATIVE, ("block_device_cache_set", True)),  # sent, but direct = false
+    (*NATIVE, ("block_device_cache_set", True), ("block_device_cache_noflush", True)),
+])
+def test_native_needs_both_cache_set_and_cache_direct(
+        keys: tuple[tuple[str, object], ...]) -> None:
+    selection = select_devices(KataEra.HEAD, request(XDA), keyed(keys=keys))
+    assert selection.outcome_of("/dev/xda") is KataOutcome.FAILS_AT_ATTACH
+
+
+def test_native_aio_is_qemu_only() -> None:
+    selection = select_devices(KataEra.HEAD, request(XDA), keyed(keys=NATIVE, hypervisor="clh"))
+    assert selection.problems == ()
+
+
+@pytest.mark.parametrize("port", PORTS)
+def test_3_16_drops_the_native_volume_before_it_could_fail(port: str) -> None:
+    """Silent wins over loud: the era never attaches what it drops."""
+    cfg = keyed("vfio", port, keys=NATIVE)
+    old = select_devices(KataEra.KATA_3_14_3_16, request(GPU, XDA), cfg)
+    assert old.outcome_of("/dev/xda") is KataOutcome.DROPPED_SILENTLY
+    assert failed_devices(old) == ()
+    fixed = select_devices(KataEra.KATA_3_17_3_31, request(GPU, XDA), cfg)
+    assert fixed.outcome_of("/dev/xda") is KataOutcome.FAILS_AT_ATTACH
+
+
+def test_cdrom_filtered_before_aio_matters() -> None:
+    selection = select_devices(KataEra.HEAD, request(CDROM), keyed(keys=NATIVE))
+    assert selection.outcome_of("/dev/sr0") is KataOutcome.FILTERED
+
+
 # --- eras and versions ------------------------------------------------------------------------
 
 
@@ -295,7 +456,13 @@ def test_compare_eras_in_order() -> None:
 
 # --- properties over random device sets ------------------------------------------------------
 
-POOL = [GPU, vfio_group(13), iommufd_dev(0), vfio_control(), XDA, block(1), CDROM, FLOPPY, NULL]
+POOL = [GPU, vfio_group(13), iommufd_dev(0), vfio_control(), XDA, block(1), CDROM, FLOPPY, NULL,
+        VUB]
+BLOCK_KEYS = st.fixed_dictionaries({}, optional={
+    "block_device_aio": st.sampled_from(("io_uring", "native", "threads")),
+    "block_device_cache_set": st.booleans(), "block_device_cache_direct": st.booleans(),
+    "enable_vhost_user_store": st.booleans(), "enable_hugepages": st.booleans(),
+})
 
 
 @given(
@@ -305,11 +472,23 @@ POOL = [GPU, vfio_group(13), iommufd_dev(0), vfio_control(), XDA, block(1), CDRO
     cold=st.booleans(),
     sandbox=st.booleans(),
     era=st.sampled_from(ERAS),
+    keys=BLOCK_KEYS,
 )
 def test_properties(devices: list[ContainerDevice], mode: str, port: str, cold: bool,
-                    sandbox: bool, era: KataEra) -> None:
-    cfg = config(mode, port, "no-port") if cold else config(mode, "no-port", port)
+                    sandbox: bool, era: KataEra, keys: dict[str, object]) -> None:
+    cfg = (config(mode, port, "no-port", extra=keys) if cold
+           else config(mode, "no-port", port, extra=keys))
     selection = select_devices(era, request(*devices, sandbox=sandbox), cfg)
+    refused = bool(keys.get("enable_vhost_user_store")) and not keys.get("enable_hugepages")
+    if refused:  # the sandbox never starts: everything loud, nothing listed
+        assert [e.outcome for e in selection.entries] == [KataOutcome.SANDBOX_FAILS] * len(
+            devices)
+        assert selection.devices == ()
+        return
+    assert all(e.outcome is not KataOutcome.SANDBOX_FAILS for e in selection.entries)
+    # a device that fails loudly was listed (attach was tried); what is dropped never fails
+    assert all(e.position is not None for e in selection.entries if e.outcome in LOUD_OUTCOMES)
+    assert len(failed_devices(selection)) + len(lost_devices(selection)) <= len(devices)
     # one entry per input device, in order; positions index the listed devices exactly
     assert [e.device for e in selection.entries] == devices
     listed = sorted((e for e in selection.entries if e.position is not None),
