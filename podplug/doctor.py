@@ -29,7 +29,14 @@ from enum import IntEnum
 
 from podplug.errors import ConfigError, PlanError, TopologyExhausted, UnsupportedPlatform
 from podplug.inputs.kata import RuntimeConfig
-from podplug.matrix.kata_models import KataEra, KataOutcome, select_devices
+from podplug.matrix.kata_models import (
+    KataEra,
+    KataOutcome,
+    kata_is_vfio_device,
+    kata_is_vhost_user_blk,
+    lost_devices,
+    select_devices,
+)
 from podplug.model.enums import BlockAio, Bucket, HotplugMode, KataRuntime, NodeType, PortKind
 from podplug.model.host import HostInventory, PciFunction
 from podplug.model.qemu import QemuCapabilities, QemuFeature
@@ -75,7 +82,7 @@ def _kata_fix(era: KataEra, config: RuntimeConfig, request: ContainerRequest) ->
             f'"no-port" in [{hv.section}]')
     eras = list(KataEra)
     for later in eras[eras.index(era) + 1:]:
-        if not select_devices(later, request, config).problems:
+        if not lost_devices(select_devices(later, request, config)):
             return (f"upgrade Kata to {later.first_release}.0 or later (PR #{later.pr}), "
                     f"or {swap}")
     return swap
@@ -101,6 +108,19 @@ def _era_risk(era: KataEra, config: RuntimeConfig) -> str:
             f"/dev/vfio/vfio and a block volume ({lost[0].reason})")
 
 
+def _attach_fix(device: ContainerDevice, config: RuntimeConfig) -> str:
+    """The key that makes Kata attach ``device`` (a VFIO node, a vhost-user-blk node, or a
+    volume whose aio QEMU refuses)."""
+    section = config.hypervisor.section
+    if kata_is_vfio_device(device.path):
+        return f"set cold_plug_vfio or hot_plug_vfio in [{section}]"
+    if kata_is_vhost_user_blk(device):
+        return (f"set enable_vhost_user_store = true in [{section}], with the node under "
+                "vhost_user_store_path/block/devices and its socket under block/sockets")
+    return (f"set block_device_cache_set = true and block_device_cache_direct = true in "
+            f'[{section}], or block_device_aio = "threads"')
+
+
 def kata_findings(era: KataEra, version: str, config: RuntimeConfig,
                   request: ContainerRequest | None) -> list[Finding]:
     risk = _era_risk(era, config)
@@ -123,8 +143,14 @@ def kata_findings(era: KataEra, version: str, config: RuntimeConfig,
         elif entry.outcome is KataOutcome.FAILS_AT_ATTACH:
             findings.append(Finding(Severity.ERROR, "kata-version",
                                     f"Kata {version} fails to attach {path}: {entry.reason}",
-                                    f"set cold_plug_vfio or hot_plug_vfio in "
-                                    f"[{config.hypervisor.section}]"))
+                                    _attach_fix(entry.device, config)))
+        elif entry.outcome is KataOutcome.SANDBOX_FAILS:
+            findings.append(Finding(Severity.ERROR, "kata-version",
+                                    f"Kata {version} never starts the VM for {path}: "
+                                    f"{entry.reason}",
+                                    f"set enable_hugepages = true in "
+                                    f"[{config.hypervisor.section}] and reserve huge pages, "
+                                    "or enable_vhost_user_store = false"))
         elif entry.outcome is KataOutcome.LEAKED_TO_PAUSE:
             findings.append(Finding(Severity.WARNING, "kata-version",
                                     f"Kata {version} lists {path} in the pause container, "

@@ -13,7 +13,18 @@ from podplug.host.fakesysfs import FakeFunction, FakeHost, demo_host, write_fake
 from podplug.host.sysfs import scan_host
 from podplug.matrix.kata_models import KataEra
 from podplug.model.qemu import QemuCapabilities
-from tests.support import QEMU, REPO, block, config, inventory, request, vfio_group
+from tests.support import (
+    QEMU,
+    REPO,
+    block,
+    config,
+    inventory,
+    request,
+    vfio_control,
+    vfio_group,
+    vhost_user,
+    with_store,
+)
 
 DEMO = REPO / "podplug" / "demo"
 
@@ -225,3 +236,28 @@ def test_block_keys_kata_cannot_plug_are_named_with_the_fix() -> None:
     ignored = _block({"block_device_cache_direct": True})
     assert [f.severity for f in ignored] == [Severity.INFO]
     assert "only with block_device_cache_set" in ignored[0].message
+
+
+def test_kata_release_findings_name_the_fix_for_each_loud_failure() -> None:
+    host = with_store(inventory(1, 2, blocks=1))
+    spec = request(vfio_control(), vfio_group(12), block(0), vhost_user(0))
+    seed = {"enable_vhost_user_store": True}
+    cfg = config("vfio", cold="root-port", extra=seed)
+    found = [f for f in diagnose(cfg, request=spec, inventory=host, era=KataEra.KATA_3_17_3_31,
+                                 version="3.17.0") if f.check == "kata-version"]
+    assert found and all(f.severity is Severity.ERROR for f in found)
+    assert "never starts the VM" in found[0].message and "enable_hugepages" in found[0].fix
+    native = config("vfio", cold="root-port", extra={**seed, "enable_hugepages": True,
+                                                     "block_device_aio": "native"})
+    at_316 = [f for f in diagnose(native, request=spec, inventory=host,
+                                  era=KataEra.KATA_3_14_3_16, version="3.16.0")
+              if f.check == "kata-version"]
+    dropped = [f for f in at_316 if "drops" in f.message]
+    assert {f.message.split()[3].rstrip(":") for f in dropped} == {
+        "/dev/vfio/vfio", "/dev/xda", "/dev/vub0"}
+    assert all("upgrade Kata to 3.17.0" in f.fix for f in dropped)  # losses, not failures
+    at_317 = [f for f in diagnose(native, request=spec, inventory=host,
+                                  era=KataEra.KATA_3_17_3_31, version="3.17.0")
+              if f.check == "kata-version"]
+    assert [f.message.split()[5].rstrip(":") for f in at_317] == ["/dev/xda"]
+    assert "block_device_cache_direct = true" in at_317[0].fix
