@@ -22,6 +22,7 @@ from podplug.errors import PodplugError
 from podplug.model.enums import Bucket
 
 if TYPE_CHECKING:
+    from podplug.doctor import Severity
     from podplug.errors import ConfigError
     from podplug.inputs.kata import RuntimeConfig
     from podplug.model.qemu import QemuCapabilities
@@ -255,6 +256,31 @@ def _boot_ok(text: str) -> bool:
     return seen == total.split(",")[0]
 
 
+def _doctor_exit(level: Severity) -> int:
+    from podplug.doctor import Severity
+
+    return {Severity.WARNING: EXIT_DOCTOR_WARNING, Severity.ERROR: EXIT_DOCTOR_ERROR}.get(
+        level, 0)
+
+
+def cmd_doctor_node(args: argparse.Namespace) -> int:
+    from podplug.host.sysfs import scan_host
+    from podplug.model.host import HostInventory
+    from podplug.node.discover import discover
+    from podplug.node.report import diagnose_node, node_json, node_text, node_worst
+
+    node = discover(args.root, kata_version=args.kata_version or "",
+                    env_kata_conf=os.environ.get("KATA_CONF_FILE", ""))
+    sysfs = node.sysfs if args.sysfs == "/sys" else args.sysfs
+    inventory = scan_host(sysfs) if os.path.isdir(sysfs) else HostInventory(sysfs_root=sysfs)
+    own, reports = diagnose_node(node, inventory)
+    if args.format == "json":
+        print(json.dumps(node_json(node, own, reports), indent=2))
+    else:
+        sys.stdout.write(node_text(node, own, reports))
+    return _doctor_exit(node_worst(own, reports))
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from podplug.doctor import Finding, Severity, diagnose, worst
     from podplug.errors import ConfigError, UnsupportedPlatform
@@ -271,6 +297,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from podplug.matrix.kata_models import era_for_version
     from podplug.model.enums import HotplugMode, Hypervisor
 
+    if args.node:
+        return cmd_doctor_node(args)
+    if not args.config:
+        print("podplug: error: doctor needs --config FILE, or --node", file=sys.stderr)
+        return 2
     config: RuntimeConfig | ConfigError | UnsupportedPlatform
     try:
         config = load_kata_config(args.config)
@@ -310,8 +341,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"{f.severity.name:<7} {f.check:<12} {f.message}{fix}")
     level = worst(findings)
     print(f"doctor: worst finding {level.name}")
-    return {Severity.WARNING: EXIT_DOCTOR_WARNING, Severity.ERROR: EXIT_DOCTOR_ERROR}.get(
-        level, 0)
+    return _doctor_exit(level)
 
 
 def _probe(config: RuntimeConfig, override: str | None) -> QemuCapabilities | ConfigError:
@@ -444,8 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="check a real deployment: configuration, Kata version, "
                        "host")
-    d.add_argument("--config", required=True)
+    d.add_argument("--config")
     d.add_argument("--spec")
+    d.add_argument("--node", action="store_true",
+                   help="every Kata pod of this node, found on it (podplug.node.discover)")
+    d.add_argument("--root", default="/", metavar="DIR",
+                   help="with --node: the directory standing for / (default /)")
+    d.add_argument("--format", choices=("text", "json"), default="text")
     d.add_argument("--kata-version", metavar="X.Y.Z")
     d.add_argument("--cdi-dir", action="append", metavar="DIR")
     d.add_argument("--sysfs", default="/sys", metavar="DIR")
