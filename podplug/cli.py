@@ -267,13 +267,14 @@ def cmd_doctor_node(args: argparse.Namespace) -> int:
     from podplug.host.sysfs import scan_host
     from podplug.model.host import HostInventory
     from podplug.node.discover import discover
+    from podplug.node.podresources import pod_resources_below
     from podplug.node.report import diagnose_node, node_json, node_text, node_worst
 
     node = discover(args.root, kata_version=args.kata_version or "",
                     env_kata_conf=os.environ.get("KATA_CONF_FILE", ""))
     sysfs = node.sysfs if args.sysfs == "/sys" else args.sysfs
     inventory = scan_host(sysfs) if os.path.isdir(sysfs) else HostInventory(sysfs_root=sysfs)
-    own, reports = diagnose_node(node, inventory)
+    own, reports = diagnose_node(node, inventory, pod_resources_below(args.root))
     if args.format == "json":
         print(json.dumps(node_json(node, own, reports), indent=2))
     else:

@@ -17,7 +17,8 @@ Read, in order:
   <namespace>/<id>/`` whose ``shim-binary-path`` (containerd 1.6+) is Kata's shim, and
   CRI-O's ``/run/containers/storage/overlay-containers/<id>/userdata/`` whose
   ``io.kubernetes.cri-o.RuntimeHandler`` names a Kata handler; their ``config.json``;
-* the host's ``/sys`` (IOMMU groups, block devices), as everywhere else.
+* the host's ``/sys`` (IOMMU groups, block devices), as everywhere else;
+* the kubelet's PodResources API on its socket (:mod:`.podresources`).
 
 What cannot be read is a problem of the node (one line each), not a stop.
 """
@@ -41,6 +42,7 @@ from podplug.node.handlers import (
     crio_handlers,
     kata_config_path,
 )
+from podplug.node.podresources import KUBELET_SOCKET_DIR
 from podplug.node.pods import NodePod, group_pods
 
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
@@ -57,7 +59,7 @@ MAX_BUNDLES = 4096
 #: every host path discovery reads (the DaemonSet mounts exactly these, read-only)
 READ_PATHS = ("/etc/containerd", "/etc/crio", "/etc/kata-containers",
               "/usr/share/defaults/kata-containers", "/opt/kata", "/run/containerd",
-              "/run/containers/storage", "/sys")
+              "/run/containers/storage", "/sys", KUBELET_SOCKET_DIR)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,12 @@ from podplug.inputs.kata import RuntimeConfig, apply_annotations
 from podplug.matrix.kata_models import KataEra, era_for_version
 from podplug.model.host import HostInventory
 from podplug.node.discover import Node, NodeConfig
+from podplug.node.podresources import (
+    KUBELET_SOCKET,
+    AssignedDevices,
+    ContainerAssignment,
+    PodResources,
+)
 from podplug.node.pods import NodeContainer, NodePod
 
 FORMAT = "podplug.doctor.node/v1"
@@ -30,6 +36,27 @@ class ContainerReport:
     container: NodeContainer
     config: NodeConfig | None
     findings: tuple[Finding, ...]
+    assigned: ContainerAssignment | None = None  # what the kubelet says it assigned
+
+
+def _ids(devices: tuple[AssignedDevices, ...]) -> str:
+    return "; ".join(f"{d.resource} {','.join(d.device_ids)}" for d in devices)
+
+
+def _assignment(resources: PodResources | None, pod: NodePod, container: NodeContainer
+                ) -> tuple[ContainerAssignment | None, list[Finding]]:
+    """The kubelet's devices for ``container``, said as a finding."""
+    if resources is None or container.request.is_sandbox:
+        return None, []
+    entry = resources.pod(pod.namespace, pod.name)
+    assigned = entry.container(container.name) if entry is not None else None
+    if assigned is None or assigned.empty:
+        return assigned, []
+    parts = [p for p in (_ids(assigned.devices),
+                         "CDI " + ", ".join(assigned.cdi_devices) if assigned.cdi_devices
+                         else "") if p]
+    return assigned, [Finding(Severity.INFO, "kubelet", "assigned by the kubelet: "
+                              + "; ".join(parts))]
 
 
 def _era(node: Node) -> tuple[KataEra | None, Finding]:
@@ -68,12 +95,26 @@ def _container(pod: NodePod, container: NodeContainer, config: NodeConfig | None
     return ContainerReport(pod, container, config, tuple(findings))
 
 
-def diagnose_node(node: Node, inventory: HostInventory) -> tuple[list[Finding],
-                                                                 list[ContainerReport]]:
+def _kubelet(resources: PodResources | PodplugError | None) -> Finding:
+    if resources is None:
+        return Finding(Severity.INFO, "kubelet", f"no PodResources socket ({KUBELET_SOCKET}): "
+                       "the devices the kubelet assigned are not known")
+    if isinstance(resources, PodplugError):
+        return Finding(Severity.WARNING, "kubelet", str(resources),
+                       "check that the kubelet runs and its pod-resources directory is mounted")
+    offered = _ids(resources.allocatable) or "none"
+    return Finding(Severity.OK, "kubelet", f"PodResources API: {len(resources.pods)} pod(s); "
+                   f"allocatable devices: {offered}")
+
+
+def diagnose_node(node: Node, inventory: HostInventory,
+                  resources: PodResources | PodplugError | None = None,
+                  ) -> tuple[list[Finding], list[ContainerReport]]:
     """The node's own findings, and one report per container per configuration."""
     era, about = _era(node)
-    own = [about] + [Finding(Severity.WARNING, "node", p, "fix or remove it")
-                     for p in node.problems]
+    own = [about, _kubelet(resources)] + [Finding(Severity.WARNING, "node", p,
+                                                  "fix or remove it") for p in node.problems]
+    listing = resources if isinstance(resources, PodResources) else None
     if not node.pods:
         own.append(Finding(Severity.OK, "node", "no running Kata pod found"))
     reports = []
@@ -82,8 +123,10 @@ def diagnose_node(node: Node, inventory: HostInventory) -> tuple[list[Finding],
                                             if not pod.handler or pod.handler in c.handlers]
         for config in configs or [None]:
             for container in pod.containers:
-                reports.append(_container(pod, container, config, inventory, era,
-                                          node.version))
+                report = _container(pod, container, config, inventory, era, node.version)
+                assigned, said = _assignment(listing, pod, container)
+                reports.append(ContainerReport(report.pod, report.container, report.config,
+                                               (*report.findings, *said), assigned))
     return own, reports
 
 
@@ -109,6 +152,10 @@ def node_json(node: Node, own: list[Finding], reports: list[ContainerReport]
             "name": r.container.name, "id": r.container.id,
             "sandbox": r.container.request.is_sandbox, "spec": r.container.spec_path,
             "config": r.config.path if r.config else None,
+            "assigned": None if r.assigned is None else {
+                "devices": [{"resource": d.resource, "device_ids": list(d.device_ids),
+                             "numa_nodes": list(d.numa_nodes)} for d in r.assigned.devices],
+                "cdi_devices": list(r.assigned.cdi_devices)},
             "worst": worst(list(r.findings)).name,
             "findings": [_finding(f) for f in r.findings]})
     return {
@@ -137,7 +184,7 @@ def node_text(node: Node, own: list[Finding], reports: list[ContainerReport]) ->
         lines.append(f"pod {r.pod.namespace}/{r.pod.name} container {who} "
                      f"[{r.config.path if r.config else 'no configuration'}]")
         lines += ["  " + _line(f) for f in r.findings if f.severity >= Severity.WARNING
-                  or f.check == "kata-version"]
+                  or f.check in ("kata-version", "kubelet")]
     lines.append(f"doctor: worst finding {node_worst(own, reports).name}")
     return "\n".join(lines) + "\n"
 
