@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from podplug.node.handlers import (
     crio_handlers,
     kata_config_path,
 )
-from tests.node.fakenode import CONTAINERD_V3, KATA_CONFIG, SANDBOX_ID, fake_node
+from tests.node.fakenode import CONTAINERD_V3, KATA_CONFIG, SANDBOX_ID, fake_node, pod_specs
 
 
 def _doctor(capsys: pytest.CaptureFixture[str], root: Path, *extra: str) -> tuple[int, str]:
@@ -126,3 +127,38 @@ def test_a_link_out_of_the_root_is_a_problem_not_a_read(tmp_path: Path) -> None:
     os.mkfifo(fifo / "shim-binary-path")
     node = discover(str(root))  # returns: the FIFO is refused without being opened
     assert any("fifo0" in p and "not a regular file" in p for p in node.problems)
+
+
+def test_crio_pods_run_by_a_kata_handler(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    root = fake_node(tmp_path / "node", "3.16.0", containerd="version = 3\n")
+    (root / "etc/crio/crio.conf.d").mkdir(parents=True)
+    (root / "etc/crio/crio.conf.d/99-kata.conf").write_text(
+        '[crio.runtime.runtimes.kata]\nruntime_type = "vm"\n'
+        'runtime_path = "/opt/kata/bin/containerd-shim-kata-v2"\n'
+        f'runtime_config_path = "{KATA_CONFIG}"\n')
+    sandbox, workload = pod_specs()
+    crio = {"io.kubernetes.cri-o.SandboxID": "crio-sb", "io.kubernetes.pod.name": "gpu-job",
+            "io.kubernetes.pod.namespace": "ml"}
+    specs = {
+        "crio-sb": {**sandbox, "annotations": {**crio, "io.kubernetes.cri-o.ContainerType":
+                                               "sandbox",
+                                               "io.kubernetes.cri-o.RuntimeHandler": "kata"}},
+        "crio-ctr": {**workload, "annotations": {**crio, "io.kubernetes.cri-o.ContainerType":
+                                                 "container",
+                                                 "io.kubernetes.container.name": "trainer"}},
+        "crio-runc": {**sandbox, "annotations": {"io.kubernetes.cri-o.SandboxID": "crio-runc",
+                                                 "io.kubernetes.cri-o.ContainerType": "sandbox",
+                                                 "io.kubernetes.cri-o.RuntimeHandler": "runc"}},
+    }
+    for cid, spec in specs.items():
+        path = root / "run/containers/storage/overlay-containers" / cid / "userdata"
+        path.mkdir(parents=True)
+        (path / "config.json").write_text(json.dumps(spec))
+    shutil.rmtree(root / "run/containerd")
+    node = discover(str(root))
+    assert [(h.name, h.engine) for h in node.handlers] == [("kata", Engine.CRIO)]
+    assert [(p.namespace, p.name, [c.name for c in p.containers]) for p in node.pods] == [
+        ("ml", "gpu-job", ["", "trainer"])]
+    code, out = _doctor(capsys, root)
+    assert code == EXIT_DOCTOR_ERROR and "drops /dev/xda" in out
