@@ -56,10 +56,11 @@ CRIO_HANDLER = "io.kubernetes.cri-o.RuntimeHandler"
 SPEC_LIMIT = 4 << 20  # an OCI spec with many mounts is tens of KiB
 MAX_BUNDLES = 4096
 
-#: every host path discovery reads (the DaemonSet mounts exactly these, read-only)
+#: every host path discovery reads (the DaemonSet mounts these, read-only): only the task
+#: directories of the engines' state, never their API sockets beside them
 READ_PATHS = ("/etc/containerd", "/etc/crio", "/etc/kata-containers",
-              "/usr/share/defaults/kata-containers", "/opt/kata", "/run/containerd",
-              "/run/containers/storage", "/sys", KUBELET_SOCKET_DIR)
+              "/usr/share/defaults/kata-containers", "/opt/kata", CONTAINERD_TASKS,
+              CRIO_CONTAINERS, "/sys", KUBELET_SOCKET_DIR)
 
 
 @dataclass(frozen=True)
