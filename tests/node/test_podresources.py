@@ -104,6 +104,10 @@ def test_doctor_node_names_what_the_kubelet_assigned(
     assert trainer["assigned"]["cdi_devices"] == ["example.com/blk=xda"]
     assert any(f["check"] == "kubelet" and "nvidia.com/pgpu 0000:41:00.0" in f["message"]
                for f in trainer["findings"])
+    # the scenario, with the kubelet answering: 3.16.0 drops the pod's /dev/xda
+    (drop,) = [f for f in trainer["findings"] if "drops /dev/xda" in f["message"]]
+    assert (pod["namespace"], pod["name"], trainer["name"]) == ("ml", "gpu-job", "trainer")
+    assert drop["severity"] == "ERROR" and "upgrade Kata to 3.17.0" in drop["fix"]
 
 
 @pytest.mark.parametrize("kubelet", [True], indirect=True)
