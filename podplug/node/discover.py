@@ -2,10 +2,9 @@
 
 ``root`` stands for ``/`` (tests and a DaemonSet that mounts the host below a directory pass
 another); every read is confined below it (:class:`podplug.host.confined.Confined`: no link
-leaves it, nothing but regular files is read, each read is bounded). Nothing is executed:
-the Kata release is read from kata-deploy's ``/opt/kata/VERSION`` (written by
-``kata-deploy-merge-builds.sh``) unless ``--kata-version`` gives it; running
-``kata-runtime --version`` from a tree others write would run their code as root.
+leaves it, nothing but regular files is read, each read is bounded). The Kata release
+comes from :mod:`.release` (``--kata-version``, kata-deploy's ``/opt/kata/VERSION``, or
+``kata-runtime --version`` when only root could have installed that binary).
 
 Read, in order:
 
@@ -44,13 +43,13 @@ from podplug.node.handlers import (
 )
 from podplug.node.podresources import KUBELET_SOCKET_DIR
 from podplug.node.pods import NodePod, group_pods
+from podplug.node.release import installed_release
 
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 CRIO_CONFIG = "/etc/crio/crio.conf"
 CRIO_DROP_INS = "/etc/crio/crio.conf.d"
 CONTAINERD_TASKS = "/run/containerd/io.containerd.runtime.v2.task"
 CRIO_CONTAINERS = "/run/containers/storage/overlay-containers"
-KATA_VERSION_FILE = "/opt/kata/VERSION"
 KATA_SHIM = "containerd-shim-kata-v2"
 CRIO_HANDLER = "io.kubernetes.cri-o.RuntimeHandler"
 SPEC_LIMIT = 4 << 20  # an OCI spec with many mounts is tens of KiB
@@ -169,17 +168,6 @@ def _configs(tree: Confined, handlers: list[KataHandler], env_file: str,
     return out
 
 
-def _version(tree: Confined, given: str) -> tuple[str, str]:
-    if given:
-        return given, "--kata-version"
-    try:
-        text = tree.optional(tree.root.rstrip("/") + KATA_VERSION_FILE)
-    except PodplugError:
-        text = None
-    version = (text or "").strip().removeprefix("v").split("-")[0]
-    return (version, KATA_VERSION_FILE) if version else ("", "")
-
-
 def _spec(tree: Confined, path: str, problems: list[str]) -> ContainerRequest | None:
     try:
         return parse_oci_text(tree.read(tree.root.rstrip("/") + path, limit=SPEC_LIMIT))
@@ -243,7 +231,8 @@ def discover(root: str = "/", *, kata_version: str = "", env_kata_conf: str = ""
     problems: list[str] = []
     handlers = _handlers(tree, problems)
     configs = _configs(tree, handlers, env_kata_conf, problems)
-    version, source = _version(tree, kata_version)
+    version, source, said = installed_release(tree, kata_version)
+    problems += said
     pods = group_pods(_containerd_bundles(tree, problems)) + \
         group_pods(_crio_bundles(tree, handlers, problems))
     return Node(tree.root, tuple(handlers), tuple(configs), version, source, pods,
