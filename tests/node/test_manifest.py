@@ -1,9 +1,11 @@
 """``deploy/podplug-doctor.yaml``, the DaemonSet that runs ``doctor --node`` on every node
 (``docs/fleet.md``): valid against Kubernetes' own API schemas (``kubernetes_validate``,
-strict, so an unknown field fails); its init container ``doctor`` mounts exactly the host
-paths discovery reads, each read-only at ``/host<path>``, with no privilege, prints the
-report and ends; an idle container with nothing of the host keeps the pod. Every check also
-runs on a broken copy of the manifest, to show that it can fail."""
+strict, so an unknown field fails); its init container ``doctor`` mounts host paths
+discovery reads and nothing else (exactly those of the containerd + kata-deploy layout),
+each read-only at ``/host<path>``, with no privilege, prints the report and ends; an idle
+container with nothing of the host keeps the pod. The guide's recipe for other layouts runs
+as printed and its copies pass the same checks. Every check also runs on a broken copy of
+the manifest, to show that it can fail."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from podplug.node.discover import READ_PATHS
+from podplug.node.discover import CONTAINERD_TASKS, CRIO_CONTAINERS, READ_PATHS
 from podplug.node.podresources import KUBELET_SOCKET, KUBELET_SOCKET_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,10 +35,19 @@ GUIDE = REPO / "docs" / "fleet.md"
 #: 1.33: the field's GA. Both ship with kubernetes-validate 1.33 and later.
 SCHEMA_VERSIONS = ("1.31", "1.33")
 DOCTOR = "podplug doctor --node --root /host --format json"
-#: every host path the DaemonSet must mount, and the only ones it may: what discovery reads,
-#: and the kubelet's PodResources directory (the directory, not the socket file)
+#: the only host paths the DaemonSet, or a copy for another layout, may mount: what discovery
+#: reads, and the kubelet's PodResources directory (the directory, not the socket file)
 HOST_PATHS = frozenset(READ_PATHS) | {KUBELET_SOCKET_DIR}
+#: what the shipped DaemonSet mounts, exactly: the layout of containerd with Kata from
+#: kata-deploy, the most common on Kubernetes. Every such node has each of these directories,
+#: and hostPath type Directory keeps the pod from starting on a node that lacks one, so the
+#: other READ_PATHS (CRI-O's, and Kata's from distribution packages, absent on such a node)
+#: stay out of it and are added by a copy for the nodes of their layout (docs/fleet.md).
+SHIPPED_PATHS = frozenset({"/etc/containerd", "/opt/kata", CONTAINERD_TASKS, "/sys",
+                           KUBELET_SOCKET_DIR})
 LAYOUT_LABEL = "podplug/doctor-layout"
+#: the shipped DaemonSet's own value of LAYOUT_LABEL (its pods', not a node's)
+SHIPPED_LAYOUT = "default"
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 Doc = dict[str, Any]
@@ -93,8 +104,9 @@ def _script(container: Doc) -> str:
 # -- the checks, each run on the manifest and on broken copies --------------------------------
 
 
-def check_volumes(ds: Doc, expected: frozenset[str] = HOST_PATHS) -> None:
-    """Every volume a hostPath of ``type: Directory``; the paths exactly ``expected``."""
+def check_volumes(ds: Doc, expected: frozenset[str] = SHIPPED_PATHS) -> None:
+    """Every volume a hostPath of ``type: Directory`` of a path discovery reads; the paths
+    exactly ``expected``."""
     volumes = _pod(ds)["volumes"]
     names = [v["name"] for v in volumes]
     assert len(set(names)) == len(names), f"volume names repeat: {names}"
@@ -110,14 +122,18 @@ def check_volumes(ds: Doc, expected: frozenset[str] = HOST_PATHS) -> None:
             "on the host (docs/fleet.md)")
     paths = [v["hostPath"]["path"] for v in volumes]
     assert len(set(paths)) == len(paths), f"host paths mounted twice: {paths}"
+    unread = set(paths) - HOST_PATHS
+    assert not unread, (
+        f"host paths mounted that discovery does not read: {sorted(unread)}; the DaemonSet "
+        f"mounts only paths of podplug.node.discover.READ_PATHS {list(READ_PATHS)} and "
+        f"{KUBELET_SOCKET_DIR}")
     extra, missing = set(paths) - expected, expected - set(paths)
     assert not extra, (
-        f"host paths mounted that discovery does not read: {sorted(extra)}; the DaemonSet "
-        f"mounts only podplug.node.discover.READ_PATHS {list(READ_PATHS)} and "
-        f"{KUBELET_SOCKET_DIR}")
+        f"host paths mounted that the layout's nodes may lack: {sorted(extra)}; with type "
+        f"Directory the pod does not start there (mounted must be {sorted(expected)})")
     assert not missing, (
-        f"host paths discovery reads that the DaemonSet does not mount: {sorted(missing)} "
-        f"(podplug.node.discover.READ_PATHS is {list(READ_PATHS)}, plus {KUBELET_SOCKET_DIR})")
+        f"host paths of the layout the DaemonSet does not mount: {sorted(missing)}; the "
+        f"doctor would report them absent (mounted must be {sorted(expected)})")
 
 
 def check_mounts(ds: Doc) -> None:
@@ -242,12 +258,17 @@ def test_the_objects_fit_together() -> None:
     selector = ds["spec"]["selector"]["matchLabels"]
     assert selector.items() <= labels.items(), f"selector {selector} misses labels {labels}"
     assert labels["app"] == "podplug-doctor", "docs/fleet.md selects -l app=podplug-doctor"
-    # the full DaemonSet leaves the nodes labelled with a layout to their own copies
-    assert selector[LAYOUT_LABEL] == labels[LAYOUT_LABEL] == "all"
+    # the shipped DaemonSet leaves the nodes labelled with a layout to their own copies
+    assert selector[LAYOUT_LABEL] == labels[LAYOUT_LABEL] == SHIPPED_LAYOUT
     terms = _pod(ds)["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": LAYOUT_LABEL, "operator": "DoesNotExist"}]}]
     assert KUBELET_SOCKET.startswith(KUBELET_SOCKET_DIR + "/")
+
+
+def test_the_shipped_layout_is_paths_discovery_reads() -> None:
+    assert SHIPPED_PATHS <= HOST_PATHS, sorted(SHIPPED_PATHS - HOST_PATHS)
+    assert {CONTAINERD_TASKS, CRIO_CONTAINERS} <= HOST_PATHS
 
 
 # -- the validator and the checks can fail ----------------------------------------------------
@@ -357,12 +378,17 @@ def _move_doctor_to_containers(ds: Doc) -> None:
 BROKEN = [
     (check_volumes, _add_volume("/etc"), "a host path discovery does not read"),
     (check_volumes, _add_volume("/var/lib/kubelet"), "the kubelet's whole directory"),
-    (check_volumes, _drop_path("/sys"), "a READ_PATHS entry not mounted"),
+    (check_volumes, _add_volume("/usr/bin"), "kata-runtime's directory"),
+    (check_volumes, _add_volume("/etc/crio"), "a READ_PATHS entry of another layout"),
+    (check_volumes, _add_volume(CRIO_CONTAINERS), "CRI-O's bundles on containerd nodes"),
+    (check_volumes, _drop_path("/sys"), "a shipped path not mounted"),
+    (check_volumes, _drop_path(CONTAINERD_TASKS), "containerd's bundles not mounted"),
     (check_volumes, _drop_path(KUBELET_SOCKET_DIR), "the kubelet's directory not mounted"),
     (check_volumes, _volume_of(KUBELET_SOCKET_DIR, "path", KUBELET_SOCKET),
      "the socket file instead of its directory"),
-    (check_volumes, _volume_of("/etc/crio", "type", "DirectoryOrCreate"), "DirectoryOrCreate"),
-    (check_volumes, _volume_of("/etc/crio", "type", None), "no hostPath type"),
+    (check_volumes, _volume_of("/etc/containerd", "type", "DirectoryOrCreate"),
+     "DirectoryOrCreate"),
+    (check_volumes, _volume_of("/etc/containerd", "type", None), "no hostPath type"),
     (check_volumes, _add_volume("/tmp", emptyDir={}), "an emptyDir"),
     (check_mounts, _set("doctor.volumeMounts.0.readOnly", False), "a writable mount"),
     (check_mounts, _set("doctor.volumeMounts.0.readOnly", None), "readOnly unset"),
@@ -500,11 +526,17 @@ def test_the_script_checks_can_fail(tmp_path: Path) -> None:
 
 
 def test_the_guide_says_why_each_path_is_mounted() -> None:
+    """A row per path discovery reads, saying whether the shipped manifest mounts it."""
     guide = GUIDE.read_text()
     for path in sorted(HOST_PATHS):
-        assert f"| `{path}` |" in guide, f"{GUIDE.name}: no row for {path} in the mount table"
+        shipped = "yes" if path in SHIPPED_PATHS else "no"
+        assert f"| `{path}` | {shipped} |" in guide, (
+            f"{GUIDE.name}: no row `| `{path}` | {shipped} |` in the mount table")
     image = _doctor(_daemonset(_documents()))["image"]
     assert f"s|{image}|" in guide, f"{GUIDE.name} does not replace the image {image}"
+
+
+# -- the guide's recipe for nodes of another layout -------------------------------------------
 
 
 def _layout_snippet() -> str:
@@ -514,25 +546,127 @@ def _layout_snippet() -> str:
     return match.group(1)
 
 
-def test_the_guides_layout_copy_keeps_every_check() -> None:
-    """docs/fleet.md's recipe for nodes that lack some paths, run as printed: a valid
-    DaemonSet without those paths, for the labelled nodes only, otherwise the same."""
-    missing = ["/etc/crio", "/run/containers/storage/overlay-containers",
-               "/usr/share/defaults/kata-containers"]
-    done = subprocess.run([sys.executable, "-", str(MANIFEST), "containerd-kata", *missing],
-                          input=_layout_snippet(), capture_output=True, text=True,
-                          check=True, cwd=REPO)
-    ds = yaml.safe_load(done.stdout)
+def _layout_copy(layout: str, *changes: str) -> subprocess.CompletedProcess[str]:
+    """docs/fleet.md's snippet, run as printed there, from the repository's top directory."""
+    return subprocess.run([sys.executable, "-", "deploy/podplug-doctor.yaml", layout, *changes],
+                          input=_layout_snippet(), capture_output=True, text=True, cwd=REPO,
+                          check=False)
+
+
+def _expected(changes: tuple[str, ...]) -> tuple[frozenset[str], str]:
+    """The paths a copy with ``changes`` mounts, and the release it passes ('' for none)."""
+    paths, version = set(SHIPPED_PATHS), ""
+    for change in changes:
+        if change.startswith("--kata-version="):
+            version = change.removeprefix("--kata-version=")
+        elif change.startswith("+"):
+            paths.add(change[1:])
+        else:
+            paths.remove(change.removeprefix("-"))
+    return frozenset(paths), version
+
+
+def _check_copy(layout: str, changes: tuple[str, ...]) -> Doc:
+    """The copy for ``layout``: strictly valid, every check passes, mounting the shipped paths
+    with ``changes``, for the nodes labelled ``layout`` only, otherwise the same."""
+    done = _layout_copy(layout, *changes)
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    ds: Doc = yaml.safe_load(done.stdout)
     for version in SCHEMA_VERSIONS:
         kubernetes_validate.validate(ds, version, strict=True)
-    check_volumes(ds, expected=HOST_PATHS - set(missing))
+    expected, release = _expected(changes)
+    check_volumes(ds, expected=expected)
     for check in (check_mounts, check_command, check_security, check_pod):
         check(ds)
-    assert ds["metadata"]["name"] == "podplug-doctor-containerd-kata"
-    assert ds["spec"]["selector"]["matchLabels"][LAYOUT_LABEL] == "containerd-kata"
+    assert ds["metadata"]["name"] == f"podplug-doctor-{layout}"
+    assert ds["spec"]["selector"]["matchLabels"] == {"app": "podplug-doctor",
+                                                     LAYOUT_LABEL: layout}
+    assert ds["spec"]["template"]["metadata"]["labels"][LAYOUT_LABEL] == layout
     assert _pod(ds)["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"] == [{"matchExpressions": [
-            {"key": LAYOUT_LABEL, "operator": "In", "values": ["containerd-kata"]}]}]
-    refused = subprocess.run([sys.executable, "-", str(MANIFEST), "x", "/etc/nope"],
-                             input=_layout_snippet(), capture_output=True, text=True, cwd=REPO)
-    assert refused.returncode != 0 and "/etc/nope" in refused.stderr
+            {"key": LAYOUT_LABEL, "operator": "In", "values": [layout]}]}]
+    script = " ".join(_script(_doctor(ds)).split())
+    assert (f"{DOCTOR} --kata-version {release}" in script) == bool(release), script
+    assert ("--kata-version" in script) == bool(release), script
+    # the rest is the shipped DaemonSet's: only the volumes, mounts, names, labels, node
+    # affinity and the doctor's script may differ
+    same, original = copy.deepcopy(ds), copy.deepcopy(_daemonset(_documents()))
+    for doc in (same, original):
+        doc["metadata"].pop("name")
+        doc["spec"].pop("selector")
+        doc["spec"]["template"]["metadata"]["labels"].pop(LAYOUT_LABEL)
+        pod = _pod(doc)
+        pod.pop("volumes")
+        pod.pop("affinity")
+        _doctor(doc).pop("volumeMounts")
+        _doctor(doc).pop("args")
+    assert same == original
+    return ds
+
+
+#: CRI-O nodes with kata-deploy: CRI-O's configuration and bundles instead of containerd's
+CRIO_CHANGES = ("+/etc/crio", "+" + CRIO_CONTAINERS, "-" + CONTAINERD_TASKS, "-/etc/containerd")
+
+
+@pytest.mark.parametrize(("layout", "changes"), [
+    pytest.param("crio-kata-deploy", CRIO_CHANGES, id="CRI-O"),
+    pytest.param("old-containerd", (), id="no change (an older runtime's pool)"),
+    pytest.param("crio-kata-packages",
+                 (*CRIO_CHANGES, "+/usr/share/defaults/kata-containers",
+                  "+/etc/kata-containers", "-/opt/kata", "--kata-version=3.16.0"),
+                 id="CRI-O, Kata from packages, every READ_PATHS entry of theirs"),
+    pytest.param("readd", ("-" + CONTAINERD_TASKS, "+" + CONTAINERD_TASKS), id="removed, added"),
+])
+def test_the_guides_layout_copy_keeps_every_check(layout: str, changes: tuple[str, ...]) -> None:
+    _check_copy(layout, changes)
+
+
+def _guide_examples() -> list[tuple[str, tuple[str, ...]]]:
+    found = re.findall(r'^LAYOUT=(\S+)\nCHANGES="([^"\n]*)"$', GUIDE.read_text(), re.M)
+    return [(layout, tuple(changes.split())) for layout, changes in found]
+
+
+def test_the_guides_examples_make_valid_copies() -> None:
+    examples = _guide_examples()
+    assert ("crio-kata-deploy", CRIO_CHANGES) in examples, (
+        f"{GUIDE.name}: no CRI-O example (LAYOUT=crio-kata-deploy, CHANGES=...): {examples}")
+    assert any(any(c.startswith("--kata-version=") for c in changes)
+               for _, changes in examples), f"{GUIDE.name}: no example with --kata-version"
+    for layout, changes in examples:
+        _check_copy(layout, changes)
+
+
+@linux_only
+def test_the_copys_doctor_passes_the_release(tmp_path: Path) -> None:
+    ds = _check_copy("containerd-kata-packages",
+                     ("+/usr/share/defaults/kata-containers", "-/opt/kata",
+                      "--kata-version=3.16.0"))
+    out, err, alive, status = _run(_script(_doctor(ds)), tmp_path)
+    assert json.loads(out) == {
+        "argv": DOCTOR.removeprefix("podplug ") + " --kata-version 3.16.0"}, out
+    assert err == "podplug-doctor: node node-a done, exit status 11\n", err
+    assert not alive and status == 0
+
+
+@pytest.mark.parametrize(("layout", "changes", "named"), [
+    pytest.param("x", ("+/etc/nope",), "/etc/nope", id="a path discovery does not read"),
+    pytest.param("x", ("+/usr/bin",), "/usr/bin", id="kata-runtime's directory"),
+    pytest.param("x", ("+/etc",), "/etc", id="the parent of a path discovery reads"),
+    pytest.param("x", ("+/etc/crio/",), "/etc/crio/", id="a trailing slash"),
+    pytest.param("x", ("+/etc/containerd",), "/etc/containerd", id="a path mounted already"),
+    pytest.param("x", ("-" + CRIO_CONTAINERS,), CRIO_CONTAINERS,
+                 id="removing a path not mounted"),
+    pytest.param("x", ("/etc/crio",), "/etc/crio", id="neither + nor -"),
+    pytest.param("x", ("--kata-version=3.16",), "3.16", id="a release not X.Y.Z"),
+    pytest.param("x", ("--kata-version=3.16.0;reboot",), "reboot",
+                 id="a shell command in the release"),
+    pytest.param(SHIPPED_LAYOUT, (), SHIPPED_LAYOUT, id="the shipped DaemonSet's layout"),
+    pytest.param("CRI_O", (), "CRI_O", id="a layout that is no label value"),
+])
+def test_the_guides_layout_copy_refuses(layout: str, changes: tuple[str, ...],
+                                        named: str) -> None:
+    # after a change that is right: a refusal leaves nothing, not a copy half made
+    done = _layout_copy(layout, "+/etc/crio", *changes)
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    assert done.stdout == "", "a refused copy must not be written"
+    assert done.stderr.count("\n") == 1 and named in done.stderr, done.stderr
