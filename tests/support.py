@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -167,6 +170,12 @@ def request(*devices: ContainerDevice, sandbox: bool = False) -> ContainerReques
 def live_qemu(parent: int | None = None) -> set[int]:
     """PIDs of live (not zombie) ``qemu-system`` processes, optionally only children of
     ``parent``: what a run must not leave behind."""
+    return live_processes("qemu-system", parent)
+
+
+def live_processes(prefix: str, parent: int | None = None) -> set[int]:
+    """PIDs of live (not zombie) processes whose name starts with ``prefix`` (the kernel's
+    15-character ``comm``: ``qemu-storage-d`` for qemu-storage-daemon)."""
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -177,10 +186,26 @@ def live_qemu(parent: int | None = None) -> set[int]:
             continue
         name = stat.split("(", 1)[1].rsplit(")", 1)[0]
         state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if name.startswith("qemu-system") and state != "Z" and (
+        if name.startswith(prefix) and state != "Z" and (
                 parent is None or int(ppid) == parent):
             found.add(int(entry.name))
     return found
+
+
+def run_cli_until(marker: str, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """``podplug run --accel tcg --qemu QEMU ARGS`` started, its output read until a line
+    holds ``marker`` (or 120 s pass); the process and the lines seen."""
+    proc = subprocess.Popen([sys.executable, "-m", "podplug.cli", "run", "--accel", "tcg",
+                             "--qemu", QEMU, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line or time.monotonic() > deadline:
+            break
+    return proc, seen
 
 
 def podplug_temp_entries() -> set[str]:

@@ -35,6 +35,11 @@ class Confined:
         if not os.path.isdir(self.root):
             raise HostError(self.root, "is not a directory")
 
+    def at(self, node_path: str) -> str:
+        """Where the root's own absolute path ``node_path`` (``/etc/x`` of a node whose
+        ``/`` is this root) lies, for the reads below (not resolved)."""
+        return self.root.rstrip("/") + node_path
+
     def _parts(self, path: str) -> list[str]:
         rel = os.path.relpath(path, self.root) if os.path.isabs(path) else path
         if rel == "." or rel == "":

@@ -88,7 +88,7 @@ class Node:
 
 
 def _toml(tree: Confined, path: str, problems: list[str]) -> dict[str, object] | None:
-    real = tree.root.rstrip("/") + path
+    real = tree.at(path)
     try:
         text = tree.optional(real)
         if text is None:
@@ -109,7 +109,7 @@ def _imports(tree: Confined, doc: dict[str, object]) -> list[str]:
         if not isinstance(pattern, str) or not pattern.startswith("/"):
             continue
         folder, glob = os.path.split(pattern)
-        base = tree.root.rstrip("/") + folder
+        base = tree.at(folder)
         if not tree.isdir(base):
             continue
         out += [os.path.join(folder, n) for n in sorted(tree.listdir(base))
@@ -128,7 +128,7 @@ def _handlers(tree: Confined, problems: list[str]) -> list[KataHandler]:
             found += more
             problems += said
     crio = [CRIO_CONFIG]
-    drop_ins = tree.root.rstrip("/") + CRIO_DROP_INS
+    drop_ins = tree.at(CRIO_DROP_INS)
     if tree.isdir(drop_ins):
         crio += [f"{CRIO_DROP_INS}/{n}" for n in sorted(tree.listdir(drop_ins))
                  if n.endswith(".conf")]
@@ -142,7 +142,7 @@ def _handlers(tree: Confined, problems: list[str]) -> list[KataHandler]:
 def _configs(tree: Confined, handlers: list[KataHandler], env_file: str,
              problems: list[str]) -> list[NodeConfig]:
     def exists(path: str) -> bool:
-        return tree.optional(tree.root.rstrip("/") + path) is not None
+        return tree.optional(tree.at(path)) is not None
 
     chosen: dict[str, tuple[str, list[str]]] = {}
     candidates: list[KataHandler | None] = list(handlers) or [None]
@@ -161,7 +161,7 @@ def _configs(tree: Confined, handlers: list[KataHandler], env_file: str,
     for path, (how, names) in chosen.items():
         config: RuntimeConfig | PodplugError
         try:
-            config = parse_kata_text(tree.read(tree.root.rstrip("/") + path))
+            config = parse_kata_text(tree.read(tree.at(path)))
         except PodplugError as exc:
             config = exc
         out.append(NodeConfig(path, how, tuple(n for n in names if n), config))
@@ -170,7 +170,7 @@ def _configs(tree: Confined, handlers: list[KataHandler], env_file: str,
 
 def _spec(tree: Confined, path: str, problems: list[str]) -> ContainerRequest | None:
     try:
-        return parse_oci_text(tree.read(tree.root.rstrip("/") + path, limit=SPEC_LIMIT))
+        return parse_oci_text(tree.read(tree.at(path), limit=SPEC_LIMIT))
     except PodplugError as exc:
         problems.append(f"{path}: {exc}")
         return None
@@ -178,18 +178,18 @@ def _spec(tree: Confined, path: str, problems: list[str]) -> ContainerRequest | 
 
 def _containerd_bundles(tree: Confined, problems: list[str]
                         ) -> list[tuple[str, str, ContainerRequest]]:
-    base = tree.root.rstrip("/") + CONTAINERD_TASKS
+    base = tree.at(CONTAINERD_TASKS)
     found: list[tuple[str, str, ContainerRequest]] = []
     if not tree.isdir(base):
         return found
     for namespace in sorted(tree.listdir(base))[:MAX_BUNDLES]:
         ns_dir = f"{CONTAINERD_TASKS}/{namespace}"
-        if not tree.isdir(tree.root.rstrip("/") + ns_dir):
+        if not tree.isdir(tree.at(ns_dir)):
             continue
-        for cid in sorted(tree.listdir(tree.root.rstrip("/") + ns_dir))[:MAX_BUNDLES]:
+        for cid in sorted(tree.listdir(tree.at(ns_dir)))[:MAX_BUNDLES]:
             bundle = f"{ns_dir}/{cid}"
             try:
-                shim = tree.optional(tree.root.rstrip("/") + bundle + "/shim-binary-path")
+                shim = tree.optional(tree.at(bundle + "/shim-binary-path"))
             except PodplugError as exc:
                 problems.append(str(exc))
                 continue
@@ -203,7 +203,7 @@ def _containerd_bundles(tree: Confined, problems: list[str]
 
 def _crio_bundles(tree: Confined, handlers: list[KataHandler], problems: list[str]
                   ) -> list[tuple[str, str, ContainerRequest]]:
-    base = tree.root.rstrip("/") + CRIO_CONTAINERS
+    base = tree.at(CRIO_CONTAINERS)
     kata = {h.name for h in handlers}
     found: list[tuple[str, str, ContainerRequest]] = []
     if not tree.isdir(base) or not kata:

@@ -107,7 +107,7 @@ def socket_below(root: str, path: str = KUBELET_SOCKET) -> str | None:
     :raises HostError: a link leaves the root, or something other than a socket is there.
     """
     tree = Confined(root)
-    real = tree.resolve(tree.root.rstrip("/") + path)
+    real = tree.resolve(tree.at(path))
     try:
         info = os.lstat(real)
     except FileNotFoundError:

@@ -65,10 +65,9 @@ def installed_release(tree: Confined, given: str = "") -> tuple[str, str, list[s
     """(release, where it came from, problems); ``("", "", ...)`` when none is known."""
     if given:
         return given, "--kata-version", []
-    base = tree.root.rstrip("/")
     problems: list[str] = []
     try:
-        text = tree.optional(base + KATA_VERSION_FILE)
+        text = tree.optional(tree.at(KATA_VERSION_FILE))
     except PodplugError as exc:
         problems.append(str(exc))
         text = None
@@ -77,7 +76,7 @@ def installed_release(tree: Confined, given: str = "") -> tuple[str, str, list[s
         return version, KATA_VERSION_FILE, problems
     for name in KATA_RUNTIME:
         try:
-            real = tree.resolve(base + name)
+            real = tree.resolve(tree.at(name))
         except PodplugError as exc:
             problems.append(str(exc))
             continue

@@ -73,13 +73,12 @@ def _era(node: Node) -> tuple[KataEra | None, Finding]:
                         f"from {node.version_source}")
 
 
-def _container(pod: NodePod, container: NodeContainer, config: NodeConfig | None,
-               inventory: HostInventory, era: KataEra | None, version: str
-               ) -> ContainerReport:
+def _findings(container: NodeContainer, config: NodeConfig | None,
+              inventory: HostInventory, era: KataEra | None, version: str) -> list[Finding]:
+    """The doctor's findings for one container under one of the node's configurations."""
     if config is None:
-        return ContainerReport(pod, container, None, (Finding(
-            Severity.ERROR, "config", "no Kata configuration found for this pod",
-            "see the node's problems"),))
+        return [Finding(Severity.ERROR, "config", "no Kata configuration found for this pod",
+                        "see the node's problems")]
     effective: RuntimeConfig | ConfigError | UnsupportedPlatform
     if isinstance(config.config, RuntimeConfig):
         try:
@@ -90,9 +89,8 @@ def _container(pod: NodePod, container: NodeContainer, config: NodeConfig | None
         effective = config.config
     else:
         effective = ConfigError(config.path, str(config.config))
-    findings = diagnose(effective, request=container.request, inventory=inventory, era=era,
-                        version=version)
-    return ContainerReport(pod, container, config, tuple(findings))
+    return diagnose(effective, request=container.request, inventory=inventory, era=era,
+                    version=version)
 
 
 def _kubelet(resources: PodResources | PodplugError | None) -> Finding:
@@ -123,10 +121,10 @@ def diagnose_node(node: Node, inventory: HostInventory,
                                             if not pod.handler or pod.handler in c.handlers]
         for config in configs or [None]:
             for container in pod.containers:
-                report = _container(pod, container, config, inventory, era, node.version)
+                found = _findings(container, config, inventory, era, node.version)
                 assigned, said = _assignment(listing, pod, container)
-                reports.append(ContainerReport(report.pod, report.container, report.config,
-                                               (*report.findings, *said), assigned))
+                reports.append(ContainerReport(pod, container, config, (*found, *said),
+                                               assigned))
     return own, reports
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from podplug.inputs.kata import RuntimeConfig
 from podplug.model.enums import BlockAio, KataRuntime
+from podplug.plan.model import cache_is_direct
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class BlockdevShape:
     @property
     def direct(self) -> bool:
         """Whether QEMU opens the volume with ``O_DIRECT``."""
-        return bool(self.file_direct) or bool(self.node_cache and self.node_cache[0])
+        return cache_is_direct(self.node_cache, self.file_direct)
 
 
 def blockdev_shape(config: RuntimeConfig, *, io_uring: bool = True) -> BlockdevShape:

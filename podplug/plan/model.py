@@ -49,6 +49,15 @@ class QemuDevice:
         return str(dict(self.props).get("bus", ""))
 
 
+def cache_is_direct(node_cache: tuple[bool, bool] | None, file_direct: bool | None) -> bool:
+    """Whether QEMU opens a volume ``O_DIRECT``: the protocol node's own ``cache.direct``
+    when it sets one, else the one it inherits from the raw node above it (measured with
+    QEMU 7.2: a child that sets no cache options takes its parent's)."""
+    if file_direct is not None:
+        return file_direct
+    return bool(node_cache and node_cache[0])
+
+
 @dataclass(frozen=True)
 class BlockdevNode:
     """A QMP ``blockdev-add`` node (``-blockdev`` on the command line): a ``raw`` node over
@@ -65,8 +74,8 @@ class BlockdevNode:
 
     @property
     def direct(self) -> bool:
-        """Whether QEMU opens the volume ``O_DIRECT`` (``cache.direct`` on either node)."""
-        return bool(self.file_direct) or bool(self.node_cache and self.node_cache[0])
+        """Whether QEMU opens the volume ``O_DIRECT`` (:func:`cache_is_direct`)."""
+        return cache_is_direct(self.node_cache, self.file_direct)
 
     def arguments(self) -> dict[str, object]:
         file: dict[str, object] = {"driver": self.file_driver, "filename": self.filename}

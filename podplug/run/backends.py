@@ -19,14 +19,13 @@ encloses the VM's), so QEMU unplugs the device and removes its chardev first.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from podplug.host.volumes import VolumeFacts, read_volume
 from podplug.plan.model import Chardev, Plan
 from podplug.run.volumes import Depth
-from podplug.vm.storage_daemon import Export
+from podplug.vm.storage_daemon import Export, is_socket
 
 SCRATCH_BYTES = 64 << 20
 _EDGE = 4096
@@ -50,13 +49,6 @@ class Backend:
         return (f"VHOST-USER BACKEND STAND-IN: {self.container_path}: nothing listens at its "
                 f"store socket; podplug serves a {SCRATCH_BYTES >> 20} MiB scratch image with "
                 f"qemu-storage-daemon at {self.chardev.path}")
-
-
-def _is_socket(path: str) -> bool:
-    try:
-        return stat.S_ISSOCK(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _scratch(path: Path, owner: tuple[int, int] | None) -> None:
@@ -84,7 +76,7 @@ def plan_backends(plan: Plan, workdir: Path,
         if chardev is None:
             continue
         path = device.request.path
-        if _is_socket(chardev.path):
+        if is_socket(chardev.path):
             backends[chardev.id] = Backend(path, chardev, None, Depth.READ_ONLY)
             continue
         if not served.exists():

@@ -1,11 +1,12 @@
 """``podplug run``: the single wiring point that carries a plan out and proves it.
 
-plan -> QEMU binary and its features (the plan refused if it needs one the binary lacks) ->
-guest image -> accelerator -> boot QEMU with the planned topology and cold-plugged
-devices -> guest agent ready -> read back where QEMU put the cold devices -> hot-plug the
-rest (rolled back as a batch on failure) -> prove each device in the guest -> unplug ->
-shut down -> report. Every process, socket and temporary directory is gone on every exit
-path (the VM's own lifecycle guarantees it; this module owns one temporary directory).
+QEMU binary and its features -> plan (with the aio the binary can use here; refused if it
+needs a feature the binary lacks) -> guest image -> accelerator -> boot QEMU with the
+planned topology and cold-plugged devices -> guest agent ready -> read back where QEMU put
+the cold devices -> hot-plug the rest (rolled back as a batch on failure) -> prove each
+device in the guest -> unplug -> shut down -> report. Every process, socket and temporary
+directory is gone on every exit path (the VM's own lifecycle guarantees it; this module
+owns one temporary directory).
 
 Where this machine cannot be real, the substitute is announced: without a host IOMMU the
 VFIO functions are emulated stand-ins (:mod:`podplug.plan.standin`) on the planned ports.
@@ -150,15 +151,12 @@ def run(inputs: Inputs, options: RunOptions) -> RunReport:
         device that merely fails its check is a FAIL row, not an exception.
     """
     clock = _Clock(options.progress)
-    plan = make_plan(inputs.config, inputs.request, inputs.inventory,
-                     hotplug=options.hotplug, spare_floor=options.spare_window)
     hv = inputs.config.hypervisor
     qemu = resolve_qemu(hv.path, options.qemu, hv.section)
     caps = probe_qemu(qemu, options.cache_dir or default_cache_dir())
-    if QemuFeature.AIO_IO_URING not in caps.features:  # planned again: aio falls back
-        plan = make_plan(inputs.config, inputs.request, inputs.inventory,
-                         hotplug=options.hotplug, spare_floor=options.spare_window,
-                         io_uring=False)
+    plan = make_plan(inputs.config, inputs.request, inputs.inventory,
+                     hotplug=options.hotplug, spare_floor=options.spare_window,
+                     io_uring=QemuFeature.AIO_IO_URING in caps.features)
     has_vfio = any(d.functions for d in plan.devices)
     emulate, why_emulate = decide_emulation(options.emulate_vfio, inputs.inventory.sysfs_root,
                                             _real_host_has_iommu())

@@ -129,7 +129,8 @@ def daemon_argv(binary: str, exports: Sequence[Export], workdir: Path) -> list[s
             "--monitor", "chardev=qmp"]
 
 
-def _is_socket(path: Path) -> bool:
+def is_socket(path: str | Path) -> bool:
+    """Whether a unix socket is at ``path`` itself (``lstat``: a link is not one)."""
     try:
         return stat.S_ISSOCK(os.lstat(path).st_mode)
     except OSError:
@@ -236,8 +237,8 @@ class StorageDaemon:
                 self._fail(first, f"cannot execute {self.binary}: {exc}")
         qmp_sock = self.workdir / "qmp.sock"
         while True:
-            missing = [e.name for e in self.exports if not _is_socket(e.socket)]
-            if not missing and _is_socket(qmp_sock):
+            missing = [e.name for e in self.exports if not is_socket(e.socket)]
+            if not missing and is_socket(qmp_sock):
                 break
             if self._proc.poll() is not None:
                 self._fail(self._blamed(missing), "qemu-storage-daemon exited before its "
@@ -313,7 +314,7 @@ class StorageDaemon:
             self._stopped = self._used = True
             if self._owns_sockets:
                 for export in self.exports:
-                    if _is_socket(export.socket):
+                    if is_socket(export.socket):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(export.socket)
             if self.workdir is not None:

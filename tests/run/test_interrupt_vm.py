@@ -4,36 +4,20 @@ temporary directory, and exits 130; ``--keep-running`` ends on Ctrl-C the same w
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.support import QEMU, live_qemu, podplug_temp_entries
+from tests.support import live_qemu, podplug_temp_entries, run_cli_until
 
 pytestmark = pytest.mark.vm
-
-
-def _run_until(marker: str, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "podplug.cli", "run", "--accel", "tcg",
-                             "--qemu", QEMU, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    seen = []
-    deadline = time.monotonic() + 120
-    for line in proc.stdout:
-        seen.append(line)
-        if marker in line or time.monotonic() > deadline:
-            break
-    return proc, seen
 
 
 @pytest.mark.parametrize(("marker", "extra"), [("booting VM", ()),
                                                ("keeping the VM running", ("--keep-running",))])
 def test_ctrl_c_cleans_up(marker: str, extra: tuple[str, ...]) -> None:
     before_dirs, before_qemu = podplug_temp_entries(), live_qemu()
-    proc, seen = _run_until(marker, *extra)
+    proc, seen = run_cli_until(marker, *extra)
     assert any(marker in line for line in seen), "".join(seen)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
@@ -65,7 +49,7 @@ def test_a_signal_in_any_phase_cleans_up(signum: int, phase: str) -> None:
     """SIGTERM's default action would skip every cleanup; podplug turns it (and SIGINT)
     into an orderly stop: exit 128 + signal, nothing left."""
     before_dirs, before_qemu = podplug_temp_entries(), live_qemu()
-    proc, seen = _run_until(PHASE_MARKERS[phase])
+    proc, seen = run_cli_until(PHASE_MARKERS[phase])
     assert any(PHASE_MARKERS[phase] in line for line in seen), "".join(seen)
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=60)

@@ -13,9 +13,6 @@ import json
 import os
 import signal
 import stat
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,24 +28,20 @@ from podplug.run.session import RunOptions, run
 from podplug.run.volumes import VolumePolicy
 from podplug.vm.process import Accel
 from podplug.vm.storage_daemon import Export, StorageDaemon, storage_daemon_binary
-from tests.support import QEMU, REPO, live_qemu, podplug_temp_entries
+from tests.support import (
+    QEMU,
+    REPO,
+    live_processes,
+    live_qemu,
+    podplug_temp_entries,
+    run_cli_until,
+)
 
 pytestmark = pytest.mark.vm
 
 SEED_CONFIG = REPO / "podplug" / "demo" / "configuration.toml"
 SEED_SPEC = REPO / "podplug" / "demo" / "spec.json"
-
-
-def _live_daemons() -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "qemu-storage-d":
-                    found.add(int(entry.name))
-            except OSError:
-                continue
-    return found
+DAEMON = "qemu-storage-d"  # qemu-storage-daemon's comm (15 characters)
 
 
 def _inputs(tmp: Path, driver: str, aio: str) -> tuple[Path, Path, Path, Path]:
@@ -97,7 +90,7 @@ def _run(tmp: Path, driver: str, aio: str = "io_uring") -> tuple[RunReport, list
 @pytest.mark.parametrize("driver", ["virtio-blk", "virtio-scsi"])
 def test_raw_volumes_and_a_vhost_user_blk_volume_all_proven(tmp_path: Path,
                                                              driver: str) -> None:
-    before_qemu, before_daemons = live_qemu(), _live_daemons()
+    before_qemu, before_daemons = live_qemu(), live_processes(DAEMON)
     before_tmp = podplug_temp_entries()
     report, said, store = _run(tmp_path, driver)
     rows = {r.path: r for r in report.rows}
@@ -113,7 +106,7 @@ def test_raw_volumes_and_a_vhost_user_blk_volume_all_proven(tmp_path: Path,
     assert rows["/dev/xda"].entry is not None and rows["/dev/xda"].entry["type"] == expected_xd
     assert any("VHOST-USER BACKEND STAND-IN" in line for line in said)
     # nothing left: no daemon, no QEMU, no temporary file; the store untouched
-    assert _live_daemons() <= before_daemons
+    assert live_processes(DAEMON) <= before_daemons
     assert live_qemu() <= before_qemu
     assert podplug_temp_entries() <= before_tmp
     assert sorted(p.name for p in (store / "block" / "sockets").iterdir()) == []
@@ -165,34 +158,19 @@ def test_a_back_end_already_listening_is_used_and_proven_read_only(tmp_path: Pat
     assert any("is not podplug's" in line for line in said)
 
 
-def _cli_until(marker: str, config: Path, spec: Path, sysfs: Path
-               ) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "podplug.cli", "run", "--accel", "tcg",
-                             "--qemu", QEMU, "--config", str(config), "--spec", str(spec),
-                             "--sysfs", str(sysfs), "--cdi-dir", str(sysfs)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    seen = []
-    deadline = time.monotonic() + 120
-    for line in proc.stdout:
-        seen.append(line)
-        if marker in line or time.monotonic() > deadline:
-            break
-    return proc, seen
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="the store's device node needs mknod (root)")
 @pytest.mark.parametrize("marker", ["hot-plugging", "OK   /dev/vub0"])
 def test_sigterm_mid_run_stops_the_daemon_too(tmp_path: Path, marker: str) -> None:
-    before = (live_qemu(), _live_daemons(), podplug_temp_entries())
+    before = (live_qemu(), live_processes(DAEMON), podplug_temp_entries())
     config, spec, sysfs, store = _inputs(tmp_path, "virtio-blk", "io_uring")
-    proc, seen = _cli_until(marker, config, spec, sysfs)
+    proc, seen = run_cli_until(marker, "--config", str(config), "--spec", str(spec),
+                               "--sysfs", str(sysfs), "--cdi-dir", str(sysfs))
     assert any(marker in line for line in seen), "".join(seen)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 143, "".join(seen) + out
     assert live_qemu() <= before[0]
-    assert _live_daemons() <= before[1]
+    assert live_processes(DAEMON) <= before[1]
     assert podplug_temp_entries() <= before[2]
     assert list((store / "block" / "sockets").iterdir()) == []
 
@@ -200,7 +178,7 @@ def test_sigterm_mid_run_stops_the_daemon_too(tmp_path: Path, marker: str) -> No
 @pytest.mark.skipif(os.geteuid() != 0, reason="the store's device node needs mknod (root)")
 def test_a_daemon_that_will_not_start_fails_the_run_cleanly(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = (live_qemu(), _live_daemons(), podplug_temp_entries())
+    before = (live_qemu(), live_processes(DAEMON), podplug_temp_entries())
     monkeypatch.setattr(session, "storage_daemon_binary", lambda _: "/bin/false")
     config, spec, sysfs, _ = _inputs(tmp_path, "virtio-blk", "io_uring")
     inputs = load_inputs(config, spec, cdi_dirs=(), sysfs_root=sysfs)
@@ -209,5 +187,5 @@ def test_a_daemon_that_will_not_start_fails_the_run_cleanly(
     assert "vublk0" in str(caught.value) and "\n" not in str(caught.value)
     assert caught.value.exit_code == 6
     assert live_qemu() <= before[0]  # QEMU was never started: the back end comes first
-    assert _live_daemons() <= before[1]
+    assert live_processes(DAEMON) <= before[1]
     assert podplug_temp_entries() <= before[2]
